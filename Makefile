@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# torch is installed first and pinned to the CPU wheel: letting another package pull in plain
+# `torch` downloads a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint install browser-deps clean
+
+$(BIN)/voxclass: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/voxclass
+
+demo: install
+	$(BIN)/voxclass demo --output demo
+
+# The browser test needs Debian's chromium + chromium-driver; install them when absent (root, apt).
+browser-deps:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "warning: could not install chromium/chromium-driver; the browser test will fail"; }
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: install browser-deps lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo build

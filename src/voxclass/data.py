@@ -1,0 +1,335 @@
+"""Data sources -> one `datasets.DatasetDict` shape.
+
+Every source (a Hub dataset, an audiofolder, a CSV/JSONL manifest) becomes splits with:
+  audio  `Audio(decode=False)`: {"bytes", "path"}; decoded later by `audio.load_audio`
+         (datasets 5.x would need torchcodec + ffmpeg to decode)
+  label  `ClassLabel` with names sorted, so label ids are the same on every machine
+  group  (only when --group-by / --group-pattern is given) e.g. the speaker
+Where the source has no test split, one is made: stratified by label, or by group when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+
+# datasets' Audio feature encodes through torchcodec; build the column as a plain struct and cast.
+AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
+
+from .audio import AudioError, decode, is_audio_path
+
+SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json"}
+
+
+class DataError(ValueError):
+    """A data source that cannot be used: names the source (file, line, label) and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split."""
+
+    source: str
+    """Hub dataset id, audiofolder directory, or CSV/JSONL manifest (`path,label`)."""
+    hub_config: str | None = None
+    """Hub dataset configuration, e.g. `en-US` for PolyAI/minds14."""
+    hub_split: str | None = None
+    """Hub split to load (default: all of them)."""
+    label_column: str = "label"
+    """Column holding the class (MInDS-14: `intent_class`). Audiofolders use the folder name."""
+    audio_column: str = "audio"
+    """Column holding audio in a Hub dataset."""
+    test_size: float = 0.2
+    """Fraction held out for test when the source has no test split."""
+    seed: int = 42
+    """Seed of the held-out split."""
+    group_by: str | None = None
+    """Manifest/metadata column naming a group (e.g. `speaker`) that never straddles splits."""
+    group_pattern: str | None = None
+    """Regex with a named group `(?P<group>...)` applied to the file name, e.g. FSDD's
+    `^\\d+_(?P<group>[a-z]+)_`."""
+    test_groups: list[str] = field(default_factory=list)
+    """Hold out exactly these groups as the test split (instead of a random group split)."""
+
+
+# ---------------------------------------------------------------- reading each kind of source
+
+
+def _audiofolder_rows(root: Path) -> list[dict]:
+    """Rows of `ROOT/<label>/*` or `ROOT/<split>/<label>/*`, merged with ROOT/metadata.csv."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError(f"{root}: no label folders; expected {root}/<label>/*.wav")
+    has_splits = all(p.name.lower() in SPLIT_NAMES for p in subdirs)
+    rows = []
+    for top in subdirs:
+        label_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if has_splits else [top]
+        for label_dir in label_dirs:
+            for path in sorted(label_dir.rglob("*")):
+                if path.is_file() and is_audio_path(path):
+                    row = {"path": str(path), "label": label_dir.name}
+                    if has_splits:
+                        row["split"] = top.name.lower()
+                    rows.append(row)
+    if not rows:
+        raise DataError(f"{root}: no audio files found under its label folders")
+    metadata = root / "metadata.csv"
+    if metadata.exists():
+        with open(metadata, newline="") as f:
+            extra = {str((root / r["file_name"]).resolve()): r for r in csv.DictReader(f)}
+        for row in rows:
+            for key, value in extra.get(str(Path(row["path"]).resolve()), {}).items():
+                row.setdefault(key, value)
+    return rows
+
+
+def _manifest_rows(path: Path, label_column: str) -> list[dict]:
+    """Rows of a CSV or JSONL manifest; `path` is relative to the manifest's folder."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as f:
+                records = list(csv.DictReader(f))
+        else:
+            with open(path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a valid {path.suffix[1:].upper()} manifest ({err})") from None
+    if not records:
+        raise DataError(f"{path}: the manifest has no rows")
+    rows = []
+    for line, record in enumerate(records, start=2 if path.suffix.lower() == ".csv" else 1):
+        if not record.get("path") or record.get(label_column) in (None, ""):
+            raise DataError(
+                f"{path}, line {line}: needs a 'path' and a '{label_column}' value "
+                f"(columns found: {', '.join(record)})"
+            )
+        audio_path = (path.parent / str(record["path"])).resolve()
+        if not audio_path.is_file():
+            raise DataError(f"{path}, line {line}: audio file not found: {audio_path}")
+        row = {k: str(v) for k, v in record.items()}
+        row.update(path=str(audio_path), label=str(record[label_column]))
+        rows.append(row)
+    return rows
+
+
+def load_hub(config: DataConfig) -> DatasetDict:
+    """Load a Hub dataset (e.g. PolyAI/minds14, en-US, label `intent_class`)."""
+    from datasets import load_dataset
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # one clear error below instead of a page of retries
+    try:
+        loaded = load_dataset(config.source, config.hub_config, split=config.hub_split)
+    except Exception as err:  # the Hub raises many kinds: connection, auth, not found
+        raise DataError(
+            f"cannot reach the Hugging Face Hub to load '{config.source}' "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+            "check the name and your connection, or pass a local audiofolder or manifest"
+        ) from None
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({config.hub_split or "train": loaded})
+    return DatasetDict({name: normalize_hub_split(ds, config) for name, ds in loaded.items()})
+
+
+def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:
+    """Bring a Hub split to our shape: undecoded `audio`, string labels (ids sorted later)."""
+    for column in (config.audio_column, config.label_column):
+        if column not in ds.column_names:
+            raise DataError(
+                f"'{config.source}' has no column '{column}' "
+                f"(columns: {', '.join(ds.column_names)}); set --label-column / --audio-column"
+            )
+    ds = ds.cast_column(config.audio_column, Audio(decode=False))
+    feature = ds.features[config.label_column]
+    names = feature.names if isinstance(feature, ClassLabel) else None
+    audio = ds[config.audio_column]
+    labels = [names[v] if names else str(v) for v in ds[config.label_column]]
+    extra = {}
+    if config.group_by:
+        if config.group_by not in ds.column_names:
+            raise DataError(f"'{config.source}' has no column '{config.group_by}' for --group-by")
+        extra["group"] = [str(v) for v in ds[config.group_by]]
+    return _dataset({"audio": audio, "label": labels, **extra})
+
+
+# ---------------------------------------------------------------- one shape for every source
+
+
+def _group_of(row: dict, config: DataConfig) -> str | None:
+    if config.group_by:
+        if config.group_by not in row:
+            raise DataError(
+                f"{row['path']}: no '{config.group_by}' value for --group-by "
+                "(add the column to the manifest or the folder's metadata.csv)"
+            )
+        return str(row[config.group_by])
+    if config.group_pattern:
+        match = re.search(config.group_pattern, Path(row["path"]).name)
+        if not match:
+            raise DataError(
+                f"{row['path']}: file name does not match --group-pattern {config.group_pattern!r}"
+            )
+        return match.groupdict().get("group") or match.group(1 if match.groups() else 0)
+    return None
+
+
+def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
+    columns = {
+        "audio": [{"path": r["path"], "bytes": None} for r in rows],
+        "label": [r["label"] for r in rows],
+    }
+    if config.group_by or config.group_pattern:
+        columns["group"] = [_group_of(r, config) for r in rows]
+    return _dataset(columns)
+
+
+def _dataset(columns: dict[str, list]) -> Dataset:
+    """Columns (audio dicts, string label, optional string group) -> Dataset with undecoded Audio."""
+    features = Features({k: AUDIO_STRUCT if k == "audio" else Value("string") for k in columns})
+    ds = Dataset.from_dict(columns, features=features)
+    return ds.cast_column("audio", Audio(decode=False))
+
+
+def _with_sorted_labels(dd: DatasetDict, names: list[str] | None = None) -> DatasetDict:
+    names = names or sorted({label for split in dd.values() for label in split["label"]})
+    return DatasetDict({k: v.cast_column("label", ClassLabel(names=names)) for k, v in dd.items()})
+
+
+def read_source(config: DataConfig) -> DatasetDict:
+    """Read any source into splits with string labels (before label ids and test split)."""
+    path = Path(config.source)
+    if path.is_dir():
+        rows = _audiofolder_rows(path)
+    elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        rows = _manifest_rows(path, config.label_column)
+    elif path.exists():
+        raise DataError(f"{path}: not a folder or a .csv/.jsonl manifest")
+    elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", config.source) and not config.source.startswith("."):
+        return load_hub(config)
+    else:
+        raise DataError(f"{config.source}: no such file or folder")
+    by_split: dict[str, list[dict]] = {}
+    for row in rows:
+        by_split.setdefault(_canonical_split(row.get("split") or "train"), []).append(row)
+    return DatasetDict({k: _rows_to_dataset(v, config) for k, v in sorted(by_split.items())})
+
+
+def _canonical_split(name: str) -> str:
+    name = name.lower()
+    return {"valid": "validation", "dev": "validation", "eval": "validation"}.get(name, name)
+
+
+def split_train_test(ds: Dataset, config: DataConfig) -> DatasetDict:
+    """Hold out a test split: stratified by label, and by group when the data has groups."""
+    if "group" not in ds.column_names:
+        counts = Counter(ds["label"])
+        if min(counts.values()) < 2:
+            rare = [ds.features["label"].int2str(k) for k, n in counts.items() if n < 2]
+            raise DataError(f"labels with a single clip cannot be split: {', '.join(rare)}")
+        return ds.train_test_split(
+            test_size=config.test_size, seed=config.seed, stratify_by_column="label"
+        )
+    groups = np.array(ds["group"])
+    if config.test_groups:
+        unknown = sorted(set(config.test_groups) - set(groups))
+        if unknown:
+            raise DataError(
+                f"--test-groups {', '.join(unknown)} not found; groups: "
+                f"{', '.join(sorted(set(groups)))}"
+            )
+        test_mask = np.isin(groups, config.test_groups)
+    else:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        n_groups = len(set(groups))
+        if n_groups < 2:
+            raise DataError("only one group in the data: a group split needs at least two")
+        n_splits = max(2, min(round(1 / config.test_size), n_groups))
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
+        _, test_index = next(folds.split(np.zeros(len(groups)), ds["label"], groups))
+        test_mask = np.zeros(len(groups), bool)
+        test_mask[test_index] = True
+    return DatasetDict(
+        {
+            "train": ds.select(np.flatnonzero(~test_mask)),
+            "test": ds.select(np.flatnonzero(test_mask)),
+        }
+    )
+
+
+def load_data(config: DataConfig, label_names: list[str] | None = None) -> DatasetDict:
+    """Read `config.source` into a DatasetDict with `train` and `test` (and any other splits).
+
+    `label_names` fixes the label ids (e.g. those of a trained model); a label outside it is a
+    DataError naming the label.
+    """
+    dd = read_source(config)
+    if label_names is not None:
+        unknown = sorted({x for s in dd.values() for x in s["label"]} - set(label_names))
+        if unknown:
+            raise DataError(
+                f"labels not known to the model: {', '.join(unknown)} "
+                f"(model labels: {', '.join(label_names)})"
+            )
+    dd = _with_sorted_labels(dd, label_names)
+    if "test" not in dd:
+        if "train" not in dd:
+            raise DataError(f"{config.source}: no 'train' or 'test' split")
+        held_out = split_train_test(dd.pop("train"), config)
+        dd["train"], dd["test"] = held_out["train"], held_out["test"]
+    elif "group" in dd["test"].column_names and "train" in dd:
+        overlap = set(dd["train"]["group"]) & set(dd["test"]["group"])
+        if overlap:
+            raise DataError(f"groups in both train and test: {', '.join(sorted(overlap))}")
+    return dd
+
+
+# ---------------------------------------------------------------- `voxclass inspect`
+
+
+@dataclass
+class SplitSummary:
+    clips: int
+    class_counts: dict[str, int]
+    durations: tuple[float, float, float] | None  # min, median, max seconds
+    sample_rates: dict[int, int]
+    channels: dict[int, int]
+    groups: int | None
+
+
+def summarize(dd: DatasetDict, max_seconds: float | None = None) -> tuple[dict, list[AudioError]]:
+    """Decode every clip once; return per-split summaries and *every* bad file found."""
+    summaries, bad = {}, []
+    for name, ds in dd.items():
+        durations, rates, channels = [], Counter(), Counter()
+        for example in ds:
+            try:
+                wave, rate = decode(example["audio"], max_seconds=max_seconds)
+            except AudioError as err:
+                bad.append(err)
+                continue
+            durations.append(wave.shape[0] / rate)
+            rates[rate] += 1
+            channels[wave.shape[1]] += 1
+        names = ds.features["label"].names
+        counts = Counter(names[i] for i in ds["label"])
+        summaries[name] = SplitSummary(
+            clips=len(ds),
+            class_counts={k: counts.get(k, 0) for k in names},
+            durations=(min(durations), statistics.median(durations), max(durations))
+            if durations
+            else None,
+            sample_rates=dict(rates),
+            channels=dict(channels),
+            groups=len(set(ds["group"])) if "group" in ds.column_names else None,
+        )
+    return summaries, bad
