@@ -15,8 +15,12 @@ from rich.table import Table
 from .audio import AudioError
 from .data import DataConfig, DataError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, evaluate, export and serve audio classifiers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, evaluate, export and serve audio classifiers.",
+)
 console = Console()
 err_console = Console(stderr=True)
 USER_ERRORS: tuple[type[Exception], ...] = (AudioError, DataError)
@@ -33,10 +37,17 @@ def data_options(
     group_pattern: str | None,
     test_groups: str | None,
 ) -> DataConfig:
-    return DataConfig(source=source, hub_config=hub_config, hub_split=hub_split,
-                      label_column=label_column, test_size=test_size, seed=seed,
-                      group_by=group_by, group_pattern=group_pattern,
-                      test_groups=[g for g in (test_groups or "").split(",") if g])
+    return DataConfig(
+        source=source,
+        hub_config=hub_config,
+        hub_split=hub_split,
+        label_column=label_column,
+        test_size=test_size,
+        seed=seed,
+        group_by=group_by,
+        group_pattern=group_pattern,
+        test_groups=[g for g in (test_groups or "").split(",") if g],
+    )
 
 
 @app.command()
@@ -51,14 +62,17 @@ def synth(
 
     from .synth import INTENTS, SynthConfig, synthesize
 
-    config = SynthConfig(out=out, train_per_intent=train_per_intent,
-                         test_per_intent=test_per_intent, seed=seed)
+    config = SynthConfig(
+        out=out, train_per_intent=train_per_intent, test_per_intent=test_per_intent, seed=seed
+    )
     total = len(INTENTS) * (train_per_intent + test_per_intent)
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("synthesizing", total=total)
         stats = synthesize(config, progress=lambda: progress.advance(task))
-    console.print(f"wrote {stats['clips']} clips to {out} in {stats['seconds']:.1f} s "
-                  f"({stats['clips_per_second']:.0f} clips/s)")
+    console.print(
+        f"wrote {stats['clips']} clips to {out} in {stats['seconds']:.1f} s "
+        f"({stats['clips_per_second']:.0f} clips/s)"
+    )
 
 
 @app.command()
@@ -77,8 +91,17 @@ def inspect(
     """Per-split class counts, durations, sample rates, channels; lists every bad file."""
     from .data import load_data, summarize
 
-    config = data_options(source, hub_config, hub_split, label_column, test_size, seed,
-                          group_by, group_pattern, test_groups)
+    config = data_options(
+        source,
+        hub_config,
+        hub_split,
+        label_column,
+        test_size,
+        seed,
+        group_by,
+        group_pattern,
+        test_groups,
+    )
     summaries, bad = summarize(load_data(config), max_seconds=max_seconds)
     labels = list(next(iter(summaries.values())).class_counts)
     table = Table(title=f"{source}")
@@ -89,15 +112,27 @@ def inspect(
         table.add_row(label, *(str(s.class_counts[label]) for s in summaries.values()))
     table.add_section()
     table.add_row("clips", *(str(s.clips) for s in summaries.values()))
-    table.add_row("seconds min/med/max", *(
-        "/".join(f"{d:.1f}" for d in s.durations) if s.durations else "-"
-        for s in summaries.values()))
-    table.add_row("sample rates", *(
-        ", ".join(f"{r} Hz×{n}" for r, n in sorted(s.sample_rates.items()))
-        for s in summaries.values()))
-    table.add_row("channels", *(
-        ", ".join(f"{c}ch×{n}" for c, n in sorted(s.channels.items()))
-        for s in summaries.values()))
+    table.add_row(
+        "seconds min/med/max",
+        *(
+            "/".join(f"{d:.1f}" for d in s.durations) if s.durations else "-"
+            for s in summaries.values()
+        ),
+    )
+    table.add_row(
+        "sample rates",
+        *(
+            ", ".join(f"{r} Hz×{n}" for r, n in sorted(s.sample_rates.items()))
+            for s in summaries.values()
+        ),
+    )
+    table.add_row(
+        "channels",
+        *(
+            ", ".join(f"{c}ch×{n}" for c, n in sorted(s.channels.items()))
+            for s in summaries.values()
+        ),
+    )
     if any(s.groups is not None for s in summaries.values()):
         table.add_row("groups", *(str(s.groups) for s in summaries.values()))
     console.print(table)

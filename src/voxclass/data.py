@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 
+from .audio import AudioError, decode, is_audio_path
+
 # datasets' Audio feature encodes through torchcodec; build the column as a plain struct and cast.
 AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
-
-from .audio import AudioError, decode, is_audio_path
 
 SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval"}
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json"}
@@ -193,7 +193,7 @@ def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
 
 
 def _dataset(columns: dict[str, list]) -> Dataset:
-    """Columns (audio dicts, string label, optional string group) -> Dataset with undecoded Audio."""
+    """Columns (audio dicts, string labels, optional string groups) -> Dataset, Audio undecoded."""
     features = Features({k: AUDIO_STRUCT if k == "audio" else Value("string") for k in columns})
     ds = Dataset.from_dict(columns, features=features)
     return ds.cast_column("audio", Audio(decode=False))

@@ -266,23 +266,84 @@ INTENTS: dict[str, list[str]] = {
     ],
 }
 
-PLACES = ["Spain", "France", "Japan", "Canada", "Mexico", "Italy", "Germany", "Thailand",
-          "New York", "London", "Dublin", "Sydney", "Portugal", "Greece", "Brazil", "Kenya"]
-COMPANIES = ["Amazon", "Netflix", "Vodafone", "British Gas", "Tesco", "Uber", "Spotify",
-             "Verizon", "Comcast", "Apple", "Walmart", "Target", "Shell", "Costco"]
-AMOUNTS = ["fifty pounds", "two hundred dollars", "five hundred pounds", "a thousand dollars",
-           "three thousand pounds", "ten thousand dollars", "twenty five thousand pounds",
-           "eight hundred dollars", "one hundred and fifty pounds", "sixty thousand dollars"]
+PLACES = [
+    "Spain",
+    "France",
+    "Japan",
+    "Canada",
+    "Mexico",
+    "Italy",
+    "Germany",
+    "Thailand",
+    "New York",
+    "London",
+    "Dublin",
+    "Sydney",
+    "Portugal",
+    "Greece",
+    "Brazil",
+    "Kenya",
+]
+COMPANIES = [
+    "Amazon",
+    "Netflix",
+    "Vodafone",
+    "British Gas",
+    "Tesco",
+    "Uber",
+    "Spotify",
+    "Verizon",
+    "Comcast",
+    "Apple",
+    "Walmart",
+    "Target",
+    "Shell",
+    "Costco",
+]
+AMOUNTS = [
+    "fifty pounds",
+    "two hundred dollars",
+    "five hundred pounds",
+    "a thousand dollars",
+    "three thousand pounds",
+    "ten thousand dollars",
+    "twenty five thousand pounds",
+    "eight hundred dollars",
+    "one hundred and fifty pounds",
+    "sixty thousand dollars",
+]
 
 # English accents that espeak-ng ships; combined with voice variants they make the speakers.
-ACCENTS = ["en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-us-nyc",
-           "en-gb-x-gbcwmd", "en"]
+ACCENTS = [
+    "en-us",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-us-nyc",
+    "en-gb-x-gbcwmd",
+    "en",
+]
 
 
 def _variants(data_path: str) -> list[str]:
     """Voice variants shipped by espeak-ng, sorted so the list is the same on every machine."""
-    skip = {"UniRobot", "anikaRobot", "Demonic", "croak", "Tweaky", "klatt5", "klatt6", "whisper",
-            "whisperf", "RicishayMax3", "robosoft6", "robosoft7", "robosoft8", "Mr serious"}
+    skip = {
+        "UniRobot",
+        "anikaRobot",
+        "Demonic",
+        "croak",
+        "Tweaky",
+        "klatt5",
+        "klatt6",
+        "whisper",
+        "whisperf",
+        "RicishayMax3",
+        "robosoft6",
+        "robosoft7",
+        "robosoft8",
+        "Mr serious",
+    }
     names = sorted(os.listdir(os.path.join(data_path, "voices", "!v")))
     return [n for n in names if n not in skip and " " not in n]
 
@@ -351,8 +412,13 @@ def telephone_channel(
     """Band-limit to 300-3400 Hz, resample to `out_rate`, level to a random gain, add noise."""
     sos = butter(4, [300, 3400], btype="bandpass", fs=rate, output="sos")
     wave = soxr.resample(sosfilt(sos, wave), rate, out_rate).astype(np.float32)
-    wave = np.concatenate([np.zeros(int(rng.uniform(0.05, 0.3) * out_rate), np.float32), wave,
-                           np.zeros(int(rng.uniform(0.05, 0.3) * out_rate), np.float32)])
+    wave = np.concatenate(
+        [
+            np.zeros(int(rng.uniform(0.05, 0.3) * out_rate), np.float32),
+            wave,
+            np.zeros(int(rng.uniform(0.05, 0.3) * out_rate), np.float32),
+        ]
+    )
     peak = np.abs(wave).max() or 1.0
     wave = wave / peak * 10 ** (rng.uniform(-12, -3) / 20)
     wave += rng.standard_normal(wave.size).astype(np.float32) * 10 ** (noise_db / 20)
@@ -377,8 +443,10 @@ def plan(config: SynthConfig, variants: list[str]) -> Iterator[dict]:
     """Every clip to make: intent, text, voice and prosody, drawn from one seeded generator."""
     rng = random.Random(config.seed)
     train_variants, test_variants = split_voices(variants, config.test_voice_fraction, config.seed)
-    for split, count, pool in (("train", config.train_per_intent, train_variants),
-                               ("test", config.test_per_intent, test_variants)):
+    for split, count, pool in (
+        ("train", config.train_per_intent, train_variants),
+        ("test", config.test_per_intent, test_variants),
+    ):
         for intent, templates in INTENTS.items():
             for i in range(count):
                 yield {
@@ -402,8 +470,13 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
     start = time.perf_counter()
     for row in rows:
         speech = espeak.say(row["text"], row["voice"], row["rate"], row["pitch"], row["range"])
-        wave = telephone_channel(speech, espeak.sampling_rate, config.sampling_rate,
-                                 config.noise_db, np.random.default_rng(row["seed"]))
+        wave = telephone_channel(
+            speech,
+            espeak.sampling_rate,
+            config.sampling_rate,
+            config.noise_db,
+            np.random.default_rng(row["seed"]),
+        )
         path = config.out / row["file_name"]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.wav")
@@ -415,8 +488,9 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
     metadata = config.out / "metadata.csv"
     tmp = metadata.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["file_name", "intent", "text", "voice", "split"],
-                                extrasaction="ignore")
+        writer = csv.DictWriter(
+            f, ["file_name", "intent", "text", "voice", "split"], extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(metadata)

@@ -1,0 +1,88 @@
+"""Model resolution: a built-in preset, a local directory, or a Hub id -> model + feature extractor.
+
+Every model is a stock transformers audio-classification model; voxclass adds only its own
+settings under `config.voxclass` (e.g. `max_seconds`) so that plain transformers ignores them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+from .presets import PRESETS, preset_config
+
+DEFAULT_MAX_SECONDS = 10.0
+
+
+class ModelError(ValueError):
+    """A model that cannot be used (missing dir, unknown preset, unreachable Hub, bad labels)."""
+
+
+def label_maps(labels: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
+    """A model with a fresh classification head for `labels`, and its feature extractor.
+
+    `name_or_path`: a preset name (random init), a local directory or a Hub id (pretrained).
+    """
+    if name_or_path in PRESETS:
+        config, extractor = preset_config(name_or_path)
+        for key, value in {**label_maps(labels), **config_overrides}.items():
+            setattr(config, key, value)
+        return AutoModelForAudioClassification.from_config(config), extractor
+    _check_reachable(name_or_path)
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
+        model = AutoModelForAudioClassification.from_pretrained(
+            name_or_path,
+            **label_maps(labels),
+            **config_overrides,
+            ignore_mismatched_sizes=True,  # a new head when the label set differs
+        )
+    except OSError as err:
+        raise ModelError(_load_failure(name_or_path, err)) from None
+    return model, extractor
+
+
+def load_trained(path: str | Path):
+    """A trained classifier exactly as saved (its own labels), and its feature extractor."""
+    _check_reachable(str(path))
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(path)
+        model = AutoModelForAudioClassification.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelError(_load_failure(str(path), err)) from None
+    return model.eval(), extractor
+
+
+def max_seconds_of(config: Any) -> float:
+    """Longest clip the model was trained on (voxclass setting, else a safe default)."""
+    return float(getattr(config, "voxclass", {}).get("max_seconds", DEFAULT_MAX_SECONDS))
+
+
+def _check_reachable(name_or_path: str) -> None:
+    path = Path(name_or_path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise ModelError(
+            f"{name_or_path}: not a model directory (no config.json); pass a voxclass output "
+            f"folder, a Hub id, or a preset ({', '.join(PRESETS)})"
+        )
+
+
+def _load_failure(name: str, err: Exception) -> str:
+    first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if Path(name).exists():
+        return f"{name}: cannot load the model ({first})"
+    return (
+        f"cannot load '{name}' from the Hugging Face Hub ({first}); check the id and your "
+        f"connection, or use a local model directory or a preset ({', '.join(PRESETS)})"
+    )
