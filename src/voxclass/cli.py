@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .audio import AudioError
+from .config import ConfigError
 from .data import DataConfig, DataError
+from .model import ModelError
 
 app = typer.Typer(
     add_completion=False,
@@ -23,7 +25,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-USER_ERRORS: tuple[type[Exception], ...] = (AudioError, DataError)
+USER_ERRORS: tuple[type[Exception], ...] = (AudioError, DataError, ModelError, ConfigError)
 
 
 def data_options(
@@ -141,6 +143,35 @@ def inspect(
         for error in bad:
             err_console.print(f"  {error}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    data: str = typer.Option(None, help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
+    model: str = typer.Option(None, help="Hub id, model dir, or preset (tiny, small, ...)."),
+    output: str = typer.Option(None, help="Final model directory."),
+    config: Path = typer.Option(None, help="YAML file of options (command line wins)."),
+    resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint."),
+) -> None:
+    """Train a classifier. Any TrainConfig field is also an option: --epochs 5 --batch-size 8,
+    --group-pattern REGEX, --class-weights true, ... (see docs: voxclass/train.py TrainConfig)."""
+    from .config import build_config, parse_overrides
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    values = {
+        "source": data,
+        "model": model,
+        "output": output,
+        "resume": resume,
+        **parse_overrides(ctx.args),
+    }
+    settings = build_config(TrainConfig, config, values)
+    if not settings.source:
+        raise ConfigError("--data is required (on the command line or as `source:` in --config)")
+    out = run_training(settings)
+    console.print(f"model written to {out}")
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""Configuration is plain data: a dataclass per command, filled from YAML and `--key value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An unknown key or a value of the wrong type, in a YAML file or on the command line."""
+
+
+def _convert(name: str, value: Any, annotation: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's declared type (str, int, float, bool, list, None)."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(name, value, args[0])
+    if origin is list:
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v]
+        return [_convert(name, v, args[0]) for v in items]
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--{name.replace('_', '-')}: {value!r} is not a valid {annotation.__name__}"
+        ) from None
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`['--epochs', '3', '--augment', 'false']` -> {'epochs': '3', 'augment': 'false'}."""
+    out, i = {}, 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--"):
+            raise ConfigError(f"unexpected argument {key!r}; options look like --key value")
+        key = key[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:  # a bare flag
+            value = "true"
+            i += 1
+        out[key] = value
+    return out
+
+
+def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -> T:
+    """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones."""
+    merged: dict[str, Any] = {}
+    if yaml_file is not None:
+        try:
+            merged.update(yaml.safe_load(Path(yaml_file).read_text()) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{yaml_file}: cannot read the config file ({err})") from None
+    merged.update({k: v for k, v in values.items() if v is not None})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(merged) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return cls(**{k: _convert(k, v, hints[k]) for k, v in merged.items()})
+
+
+def save_config(config: Any, path: Path) -> None:
+    """Write the effective configuration as YAML (beside every output)."""
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
