@@ -1,39 +1,42 @@
-"""From decoded clips to model inputs: crop, augment, pad per batch.
+"""From decoded clips to model inputs: crop, augment, extract features once, pad per batch.
 
 The seed recipe cut every clip to 1 s and padded everything to that maximum. Here a clip keeps
 up to `max_seconds` (derived from the data), training takes a random crop of longer clips,
 evaluation takes the clip from its start, and each batch is padded only to its own longest clip.
-The feature extractor decides whether an attention mask is returned: wav2vec2-base was trained
-without one and must not get one.
+
+Features are extracted once per clip (per augmented copy in training), not once per step: a
+log-mel extractor costs more than a small model's forward pass on a CPU. The collator only pads,
+through the feature extractor's own `pad`, which returns an attention mask exactly when the
+extractor does: wav2vec2-base was trained without one and must not get one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from .audio import AudioError, load_audio
 
 
-def decode_split(ds: Dataset, sampling_rate: int, max_seconds: float | None) -> Dataset:
+def decode_split(ds: Dataset, sampling_rate: int) -> Dataset:
     """Decode every clip once into a float32 `wave` column (+ `length` in samples).
 
-    Files that cannot be used are collected, not skipped: the AudioError list is returned in the
+    Files that cannot be used are collected, not skipped: each AudioError message lands in the
     `error` column so the caller can name every bad file at once.
     """
 
     def decode_one(example: dict) -> dict:
         try:
-            wave = load_audio(example["audio"], sampling_rate, max_seconds=max_seconds)
+            wave = load_audio(example["audio"], sampling_rate)
             return {"wave": wave, "length": len(wave), "error": ""}
         except AudioError as err:
             return {"wave": np.zeros(0, np.float32), "length": 0, "error": str(err)}
 
-    return ds.map(decode_one).with_format("numpy", columns=["wave"], output_all_columns=True)
+    return ds.map(decode_one, remove_columns=["audio"])
 
 
 def max_seconds_for(
@@ -43,6 +46,14 @@ def max_seconds_for(
     Rarer, longer clips get randomly cropped in training instead of inflating every batch."""
     seconds = float(np.percentile(lengths, percentile)) / sampling_rate
     return round(min(max(seconds, 1.0), cap), 2)
+
+
+def crop(wave: np.ndarray, limit: int, rng: np.random.Generator | None) -> np.ndarray:
+    """At most `limit` samples: a random window when `rng` is given (training), else the start."""
+    if len(wave) <= limit:
+        return wave
+    start = int(rng.integers(0, len(wave) - limit + 1)) if rng is not None else 0
+    return wave[start : start + limit]
 
 
 @dataclass
@@ -75,43 +86,64 @@ class Augment:
         return wave.astype(np.float32, copy=False)
 
 
+def featurize(
+    ds: Dataset,
+    extractor: Callable,
+    sampling_rate: int,
+    max_seconds: float,
+    augment: Augment | None = None,
+    copies: int = 1,
+    seed: int = 0,
+) -> Dataset:
+    """Decoded clips -> the extractor's model inputs (unpadded), one row per clip and copy.
+
+    With `augment` (training) each copy is a random crop with its own augmentation; without it
+    (evaluation) a clip is taken from its start. SpecAugment, where the model has it, adds
+    fresh masks on top at every step.
+    """
+    limit = int(max_seconds * sampling_rate)
+    input_name = extractor.model_input_names[0]
+
+    def extract(batch: dict, indices: list[int], copy: int) -> dict:
+        waves = []
+        for index, wave in zip(indices, batch["wave"], strict=True):
+            rng = np.random.default_rng([seed, copy, index]) if augment else None
+            wave = crop(np.asarray(wave, dtype=np.float32), limit, rng)
+            waves.append(augment(wave, rng, sampling_rate) if augment else wave)
+        features = extractor(waves, sampling_rate=sampling_rate)[input_name]
+        return {
+            "inputs": [np.asarray(f, dtype=np.float32) for f in features],
+            "length": [len(w) for w in waves],
+        }
+
+    parts = [
+        ds.map(
+            extract,
+            batched=True,
+            batch_size=64,
+            with_indices=True,
+            fn_kwargs={"copy": c},
+            remove_columns=["wave", "length"],
+        )
+        for c in range(copies if augment else 1)
+    ]
+    return concatenate_datasets(parts).with_format(
+        "numpy", columns=["inputs", "label"], output_all_columns=True
+    )
+
+
 @dataclass
-class AudioCollator:
-    """Batches of decoded clips -> padded model inputs + labels."""
+class PadCollator:
+    """Batches of extracted inputs -> padded tensors (+ attention mask where the extractor gives
+    one) and labels. Padding is to the batch's own longest clip."""
 
-    feature_extractor: Callable
-    sampling_rate: int
-    max_seconds: float
-    train: bool = False
-    augment: Augment | None = None
-    num_labels: int | None = None
-    """Set for multi-label: labels become multi-hot float vectors."""
-    seed: int = 0
-    _rng: np.random.Generator = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
-
-    def crop(self, wave: np.ndarray) -> np.ndarray:
-        limit = int(self.max_seconds * self.sampling_rate)
-        if len(wave) <= limit:
-            return wave
-        start = int(self._rng.integers(0, len(wave) - limit + 1)) if self.train else 0
-        return wave[start : start + limit]
+    extractor: Callable
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        waves = [self.crop(np.asarray(e["wave"], dtype=np.float32)) for e in examples]
-        if self.train and self.augment is not None:
-            waves = [self.augment(w, self._rng, self.sampling_rate) for w in waves]
-        batch = self.feature_extractor(
-            waves, sampling_rate=self.sampling_rate, padding="longest", return_tensors="pt"
+        name = self.extractor.model_input_names[0]
+        batch = self.extractor.pad(
+            {name: [e["inputs"] for e in examples]}, padding="longest", return_tensors="pt"
         )
         batch = dict(batch)
-        if self.num_labels is None:
-            batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
-        else:
-            hot = torch.zeros(len(examples), self.num_labels)
-            for row, example in enumerate(examples):
-                hot[row, list(example["label"])] = 1.0
-            batch["labels"] = hot
+        batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
         return batch

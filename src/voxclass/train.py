@@ -23,12 +23,18 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import (
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import save_config
 from .data import DataConfig, DataError, load_data
-from .features import AudioCollator, Augment, decode_split, max_seconds_for
+from .features import Augment, PadCollator, decode_split, featurize, max_seconds_for
 from .model import ModelError, build_model
 from .presets import PRESETS
 
@@ -59,16 +65,18 @@ class TrainConfig(DataConfig):
     """Stop after this many evaluations without a better macro-F1 (0: never)."""
     augment: bool = True
     """Random gain, noise and time shift in training (SpecAugment comes from the model config)."""
+    augment_copies: int = 2
+    """Augmented copies of each training clip, featurized once before training."""
     augment_noise: str | None = None
     """Folder of noise recordings to mix into training clips."""
     class_weights: bool = False
     """Weight the loss by inverse class frequency (for imbalanced data)."""
-    multi_label: bool = False
-    """Several labels per clip (manifest labels separated by ';'); sigmoid + BCE loss."""
     freeze_feature_encoder: bool = True
     """Freeze the CNN feature encoder of a pretrained wav2vec2-family model."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
+    time_budget_minutes: float | None = None
+    """Stop training (then evaluate and keep the best model) after this much wall time."""
     resume: bool = False
     """Continue from the last checkpoint in OUTPUT.work/."""
     push_to_hub: str | None = None
@@ -84,26 +92,17 @@ def work_dir(config: TrainConfig) -> Path:
     return out.parent / f"{out.name}.work"
 
 
-def prepare_data(
-    dd: DatasetDict, config: TrainConfig, sampling_rate: int
-) -> tuple[DatasetDict, float]:
-    """Decode once (naming every bad file) and derive the max clip duration."""
-    decoded = DatasetDict({k: decode_split(v, sampling_rate, None) for k, v in dd.items()})
+def decode_data(dd: DatasetDict, config: TrainConfig, sampling_rate: int) -> DatasetDict:
+    """Decode every clip once; a bad file anywhere stops training with all of them named."""
+    decoded = DatasetDict({k: decode_split(v, sampling_rate) for k, v in dd.items()})
     errors = [e for split in decoded.values() for e in split["error"] if e]
     if errors:
-        listing = "\n  ".join(errors[:50]) + (
-            f"\n  ... {len(errors) - 50} more" if len(errors) > 50 else ""
-        )
+        more = f"\n  ... {len(errors) - 50} more" if len(errors) > 50 else ""
         raise DataError(
-            f"{len(errors)} bad audio file(s); fix or remove them "
-            f"(`voxclass inspect` lists them):\n  {listing}"
+            f"{len(errors)} bad audio file(s); fix or remove them (`voxclass inspect` lists "
+            f"them):\n  " + "\n  ".join(errors[:50]) + more
         )
-    max_seconds = config.max_seconds or max_seconds_for(
-        np.asarray(decoded["train"]["length"]), sampling_rate
-    )
-    # Evaluation batches are padded to their longest clip: sort by length so padding stays small.
-    decoded["test"] = decoded["test"].sort("length")
-    return decoded, max_seconds
+    return decoded
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
@@ -130,6 +129,20 @@ def class_weighted_loss(train: Dataset, num_labels: int):
         return torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
 
     return loss
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training once the wall-clock budget is spent; the epoch ends early, is evaluated
+    and checkpointed, so the best model so far is kept."""
+
+    def __init__(self, minutes: float):
+        self.deadline = time.monotonic() + minutes * 60
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.deadline:
+            control.should_training_stop = True
+            control.should_evaluate = control.should_save = True
+        return control
 
 
 def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArguments:
@@ -168,16 +181,13 @@ def train(config: TrainConfig) -> Path:
     from_scratch = config.model in PRESETS
     dd = load_data(config)
     labels = dd["train"].features["label"].names  # sorted, deterministic
-    problem = {"problem_type": "multi_label_classification"} if config.multi_label else {}
-    model, extractor = build_model(config.model, labels, **problem)
+    model, extractor = build_model(config.model, labels)
     rate = config.sampling_rate or extractor.sampling_rate
-    data, max_seconds = prepare_data(dd, config, rate)
-    if (
-        config.freeze_feature_encoder
-        and not from_scratch
-        and hasattr(model, "freeze_feature_encoder")
-    ):
-        model.freeze_feature_encoder()  # pretrained CNN features; fine-tune the transformer only
+    decoded = decode_data(dd, config, rate)
+    max_seconds = config.max_seconds or max_seconds_for(
+        np.asarray(decoded["train"]["length"]), rate
+    )
+    freeze_pretrained_encoder(model, from_scratch, config.freeze_feature_encoder)
     model.config.voxclass = {"max_seconds": max_seconds, "sampling_rate": rate}
 
     augment = None
@@ -188,39 +198,34 @@ def train(config: TrainConfig) -> Path:
 
             extra = NoiseAugmenter.from_folder(config.augment_noise, rate)
         augment = Augment(extra=extra)
-    num_labels = len(labels) if config.multi_label else None
-    collator = AudioCollator(
+    train_set = featurize(
+        decoded["train"],
         extractor,
         rate,
         max_seconds,
-        train=True,
-        augment=augment,
-        num_labels=num_labels,
+        augment,
+        copies=config.augment_copies,
         seed=config.seed,
     )
-    eval_collator = AudioCollator(extractor, rate, max_seconds, num_labels=num_labels)
-
-    class VoxTrainer(Trainer):
-        # Evaluation crops from the start and never augments: its own collator.
-        def get_eval_dataloader(self, eval_dataset=None):
-            self.data_collator, saved = eval_collator, self.data_collator
-            try:
-                return super().get_eval_dataloader(eval_dataset)
-            finally:
-                self.data_collator = saved
+    # Evaluation batches are padded to their longest clip: sort by length so padding stays small.
+    test_set = featurize(decoded["test"], extractor, rate, max_seconds).sort("length")
 
     args = training_arguments(config, from_scratch)
-    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping else []
-    trainer = VoxTrainer(
+    callbacks: list[TrainerCallback] = []
+    if config.early_stopping:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping))
+    if config.time_budget_minutes:
+        callbacks.append(TimeBudget(config.time_budget_minutes))
+    trainer = Trainer(
         model=model,
         args=args,
-        data_collator=collator,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
+        data_collator=PadCollator(extractor),
+        train_dataset=train_set,
+        eval_dataset=test_set,
         processing_class=extractor,
         compute_metrics=compute_metrics,
-        compute_loss_func=class_weighted_loss(data["train"], len(labels))
-        if config.class_weights and not config.multi_label
+        compute_loss_func=class_weighted_loss(train_set, len(labels))
+        if config.class_weights
         else None,
         callbacks=callbacks,
     )
@@ -241,8 +246,8 @@ def train(config: TrainConfig) -> Path:
         "train": {
             **result.metrics,
             "wall_seconds": seconds,
-            "train_clips": len(data["train"]),
-            "test_clips": len(data["test"]),
+            "train_clips": len(decoded["train"]),
+            "test_clips": len(test_set),
         },
         "epochs": [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h],
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -255,6 +260,15 @@ def train(config: TrainConfig) -> Path:
         push(out, config.push_to_hub)
     shutil.rmtree(work_dir(config), ignore_errors=True)
     return out
+
+
+def freeze_pretrained_encoder(model, from_scratch: bool, enabled: bool) -> bool:
+    """Freeze the CNN feature encoder of a pretrained wav2vec2-family model: its features are
+    already good and fine-tuning them on little data hurts. A preset learns them from scratch."""
+    if enabled and not from_scratch and hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+        return True
+    return False
 
 
 def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
