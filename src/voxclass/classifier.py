@@ -1,0 +1,171 @@
+"""The one inference object: audio in, labels and scores out. predict, evaluate, serve and the
+Python API all go through `Classifier`.
+
+Batching never changes a clip's scores. Clips are batched with clips of similar length and
+padded only within the batch; models whose feature extractor gives an attention mask see the
+padding masked out. Models without a mask (wav2vec2-base style, group-norm feature encoder)
+would be changed by padding, so for them only clips of equal length share a batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import AudioSource, describe_source, load_audio, prepare_array
+from .model import load_trained, max_seconds_of
+
+
+@dataclass
+class Window:
+    start: float
+    end: float
+    labels: list[str]
+    scores: list[float]
+
+
+@dataclass
+class Prediction:
+    source: str
+    labels: list[str]
+    """Top-k labels, best first."""
+    scores: list[float]
+    duration: float
+    """Seconds of audio."""
+    windows: list[Window] | None = None
+    """Per-window timeline for audio longer than the model's max duration; the top-level
+    labels/scores are then the mean of the window probabilities."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Classifier:
+    """A trained audio classifier (a transformers model directory)."""
+
+    def __init__(self, model: Any, extractor: Any):
+        self.model = model
+        self.extractor = extractor
+        config = model.config
+        self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        self.sampling_rate: int = int(
+            getattr(config, "voxclass", {}).get("sampling_rate", extractor.sampling_rate)
+        )
+        self.max_seconds: float = max_seconds_of(config)
+        self.backend = "torch"
+        self.masked = bool(getattr(extractor, "return_attention_mask", False))
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        model, extractor = load_trained(path)
+        return cls(model, extractor)
+
+    # ------------------------------------------------------------------ batched scoring
+
+    def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Logits for one batch of waves (already at the model's rate)."""
+        import torch
+
+        inputs = self.extractor(
+            waves, sampling_rate=self.sampling_rate, padding="longest", return_tensors="pt"
+        )
+        with torch.inference_mode():
+            return self.model(**inputs).logits.float().numpy()
+
+    def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices grouped so that batching cannot change any clip's result."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        if self.masked:
+            return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        same_length: dict[int, list[int]] = defaultdict(list)
+        for i in order:
+            same_length[lengths[i]].append(i)
+        return [
+            group[i : i + batch_size]
+            for group in same_length.values()
+            for i in range(0, len(group), batch_size)
+        ]
+
+    def probabilities(self, waves: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """(N, n_labels) probabilities for mono float32 waves at `self.sampling_rate`."""
+        out = np.zeros((len(waves), len(self.labels)), np.float32)
+        for batch in self._batches([len(w) for w in waves], batch_size):
+            logits = self._forward([waves[i] for i in batch])
+            if self.multi_label:
+                out[batch] = 1 / (1 + np.exp(-logits))
+            else:
+                shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+                out[batch] = shifted / shifted.sum(axis=1, keepdims=True)
+        return out
+
+    # ------------------------------------------------------------------ predictions
+
+    def load_wave(self, source: AudioSource | np.ndarray, sampling_rate: int | None = None):
+        """Decode or validate one input, at the model's rate."""
+        if isinstance(source, np.ndarray):
+            if sampling_rate is None:
+                raise ValueError("an array needs its sampling_rate")
+            return prepare_array(source, sampling_rate, self.sampling_rate)
+        return load_audio(source, self.sampling_rate)
+
+    def windows_of(self, wave: np.ndarray, window: float | None, hop: float | None):
+        """(start, end) sample spans covering `wave`: one span when it fits in max duration."""
+        size = int((window or self.max_seconds) * self.sampling_rate)
+        if len(wave) <= size:
+            return [(0, len(wave))]
+        step = max(1, int((hop or (window or self.max_seconds) / 2) * self.sampling_rate))
+        starts = list(range(0, len(wave) - size + 1, step))
+        if starts[-1] + size < len(wave):  # cover the tail too
+            starts.append(len(wave) - size)
+        return [(s, s + size) for s in starts]
+
+    def _top(self, probs: np.ndarray, top_k: int) -> tuple[list[str], list[float]]:
+        best = np.argsort(-probs, kind="stable")[:top_k]
+        return [self.labels[i] for i in best], [float(probs[i]) for i in best]
+
+    def predict_batch(
+        self,
+        sources: list[AudioSource | np.ndarray],
+        sampling_rate: int | None = None,
+        top_k: int = 5,
+        batch_size: int = 16,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> list[Prediction]:
+        """Predict many inputs; windows of all inputs are batched together."""
+        waves = [self.load_wave(s, sampling_rate) for s in sources]
+        spans = [self.windows_of(w, window, hop) for w in waves]
+        pieces = [w[a:b] for w, clip_spans in zip(waves, spans, strict=True) for a, b in clip_spans]
+        probs = self.probabilities(pieces, batch_size)
+        results, row = [], 0
+        for source, wave, clip_spans in zip(sources, waves, spans, strict=True):
+            clip_probs = probs[row : row + len(clip_spans)]
+            row += len(clip_spans)
+            labels, scores = self._top(clip_probs.mean(axis=0), top_k)
+            timeline = None
+            if len(clip_spans) > 1:
+                timeline = [
+                    Window(a / self.sampling_rate, b / self.sampling_rate, *self._top(p, top_k))
+                    for (a, b), p in zip(clip_spans, clip_probs, strict=True)
+                ]
+            name = "<array>" if isinstance(source, np.ndarray) else describe_source(source)
+            results.append(
+                Prediction(name, labels, scores, len(wave) / self.sampling_rate, timeline)
+            )
+        return results
+
+    def predict(
+        self,
+        source: AudioSource | np.ndarray,
+        sampling_rate: int | None = None,
+        top_k: int = 5,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> Prediction:
+        """Predict one input (path, bytes, file object, or array with its sampling_rate)."""
+        return self.predict_batch([source], sampling_rate, top_k, 1, window, hop)[0]
