@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -84,7 +85,14 @@ def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -
     return cls(**{k: _convert(k, v, hints[k]) for k, v in merged.items()})
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temp file and rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.replace(path)
+
+
 def save_config(config: Any, path: Path) -> None:
     """Write the effective configuration as YAML (beside every output)."""
     data = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False))

@@ -15,6 +15,7 @@ import csv
 import ctypes
 import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -326,26 +327,28 @@ ACCENTS = [
 ]
 
 
+def _is_human_like(variant_text: str) -> bool:
+    """Callers are people: skip variants that warp the first three formants beyond 75-130 %
+    (vocal tracts no adult has), use the Klatt synthesizer's robotic timbre, add heavy echo,
+    or replace voicing (whisper, croak)."""
+    text = variant_text.lower()
+    for match in re.finditer(r"^\s*formant\s+([1-3])\s+(\d+)", text, re.M):
+        if not 75 <= int(match.group(2)) <= 130:
+            return False
+    echo = re.search(r"^\s*echo\s+\d+\s+(\d+)", text, re.M)
+    return not (re.search(r"^\s*klatt\b", text, re.M) or (echo and int(echo.group(1)) > 20))
+
+
 def _variants(data_path: str) -> list[str]:
-    """Voice variants shipped by espeak-ng, sorted so the list is the same on every machine."""
-    skip = {
-        "UniRobot",
-        "anikaRobot",
-        "Demonic",
-        "croak",
-        "Tweaky",
-        "klatt5",
-        "klatt6",
-        "whisper",
-        "whisperf",
-        "RicishayMax3",
-        "robosoft6",
-        "robosoft7",
-        "robosoft8",
-        "Mr serious",
-    }
-    names = sorted(os.listdir(os.path.join(data_path, "voices", "!v")))
-    return [n for n in names if n not in skip and " " not in n]
+    """Human-like voice variants shipped by espeak-ng, sorted: the same list on every machine."""
+    folder = os.path.join(data_path, "voices", "!v")
+    return [
+        name
+        for name in sorted(os.listdir(folder))
+        if " " not in name
+        and name not in ("croak", "whisper", "whisperf")
+        and _is_human_like(open(os.path.join(folder, name), errors="ignore").read())
+    ]
 
 
 @dataclass
@@ -393,8 +396,13 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def say(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np.ndarray:
+    def say(
+        self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, seed: int = 0
+    ) -> np.ndarray:
         """Speak `text`; float32 mono at `self.sampling_rate`."""
+        # espeak-ng draws voice flutter and breath noise from its own generator: seed it from
+        # the clip so that the random part is the clip's own.
+        self._lib.espeak_ng_SetRandSeed(seed)
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
         for param, value in ((self._RATE, rate), (self._PITCH, pitch), (self._RANGE, pitch_range)):
@@ -469,7 +477,9 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for row in rows:
-        speech = espeak.say(row["text"], row["voice"], row["rate"], row["pitch"], row["range"])
+        speech = espeak.say(
+            row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
+        )
         wave = telephone_channel(
             speech,
             espeak.sampling_rate,

@@ -1,0 +1,122 @@
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone, write_tone_folder
+from datasets import ClassLabel, Dataset, Features, Value
+
+from voxclass.data import DataConfig, DataError, load_data, normalize_hub_split, summarize
+
+
+def _pairs(dd):
+    names = dd["train"].features["label"].names
+    return sorted(
+        (a["path"], names[y])
+        for split in dd.values()
+        for a, y in zip(split["audio"], split["label"], strict=True)
+    )
+
+
+def test_three_source_kinds_yield_the_same_examples(tone_folder, tmp_path):
+    rows = [(str(p.relative_to(tone_folder)), p.parent.name) for p in tone_folder.rglob("*.wav")]
+    with open(tone_folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    with open(tone_folder / "manifest.jsonl", "w") as f:
+        for path, label in rows:
+            f.write(json.dumps({"path": path, "label": label}) + "\n")
+
+    folder = load_data(DataConfig(source=str(tone_folder)))
+    from_csv = load_data(DataConfig(source=str(tone_folder / "manifest.csv")))
+    from_jsonl = load_data(DataConfig(source=str(tone_folder / "manifest.jsonl")))
+    resolved = sorted((str((tone_folder / p).resolve()), y) for p, y in rows)
+    assert [(str(Path(p).resolve()), y) for p, y in _pairs(folder)] == resolved
+    assert _pairs(from_csv) == _pairs(from_jsonl) == resolved
+    assert folder["train"].features["label"].names == ["high", "low", "mid"]  # sorted
+
+
+def test_split_is_stratified_and_deterministic(tmp_path):
+    root = write_tone_folder(tmp_path / "t", per_class=10)
+    dd = load_data(DataConfig(source=str(root), test_size=0.2, seed=3))
+    assert set(Counter(dd["test"]["label"]).values()) == {2}  # 20 % of 10 per class
+    again = load_data(DataConfig(source=str(root), test_size=0.2, seed=3))
+    assert _pairs(dd) == _pairs(again) and dd["test"]["audio"] == again["test"]["audio"]
+
+
+def test_split_folders_are_used_as_given(tmp_path):
+    root = write_tone_folder(tmp_path / "t", per_class=3, splits=True)
+    dd = load_data(DataConfig(source=str(root)))
+    assert set(dd) == {"train", "test"} and len(dd["train"]) == len(dd["test"]) == 9
+
+
+def test_group_split_never_shares_a_speaker(fsdd):
+    config = DataConfig(source=str(fsdd), group_pattern=r"^\d+_(?P<group>[a-z]+)_", test_size=0.25)
+    dd = load_data(config)
+    assert not set(dd["train"]["group"]) & set(dd["test"]["group"])
+    assert len(set(dd["test"]["group"])) == 1  # one of four speakers held out
+    held = load_data(DataConfig(**{**config.__dict__, "test_groups": ["george"]}))
+    assert set(held["test"]["group"]) == {"george"} and len(held["test"]) == 500
+
+
+def test_manifest_errors_name_the_line(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\nmissing.wav,a\n")
+    with pytest.raises(DataError, match=r"m.csv, line 2: audio file not found"):
+        load_data(DataConfig(source=str(tmp_path / "m.csv")))
+    sf.write(tmp_path / "a.wav", tone(300, 0.5, 8000), 8000)
+    (tmp_path / "n.csv").write_text("path,label\na.wav,\n")
+    with pytest.raises(DataError, match=r"line 2: needs a 'path' and a 'label'"):
+        load_data(DataConfig(source=str(tmp_path / "n.csv")))
+
+
+def test_unknown_labels_for_a_model_are_named(tone_folder):
+    with pytest.raises(DataError, match="labels not known to the model: mid"):
+        load_data(DataConfig(source=str(tone_folder)), label_names=["high", "low"])
+
+
+def test_hub_failure_is_clear_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(
+        DataError, match="cannot reach the Hugging Face Hub to load 'PolyAI/minds14'"
+    ):
+        load_data(
+            DataConfig(source="PolyAI/minds14", hub_config="en-US", label_column="intent_class")
+        )
+
+
+def test_minds14_shaped_hub_split_gets_sorted_labels(tmp_path):
+    names = ["freeze", "abroad", "balance"]  # hub order is not sorted
+    clips = []
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", tone(300 + 200 * i, 0.5, 8000), 8000)
+        clips.append({"bytes": (tmp_path / f"{i}.wav").read_bytes(), "path": f"{i}.wav"})
+    features = Features(
+        {
+            "audio": {"bytes": Value("binary"), "path": Value("string")},
+            "intent_class": ClassLabel(names=names),
+        }
+    )
+    hub = Dataset.from_dict({"audio": clips, "intent_class": [0, 1, 2]}, features=features)
+    split = normalize_hub_split(
+        hub, DataConfig(source="PolyAI/minds14", label_column="intent_class")
+    )
+    assert split["label"] == ["freeze", "abroad", "balance"]
+    assert split["audio"][0]["bytes"] == clips[0]["bytes"]
+
+
+def test_summary_lists_every_bad_file(tmp_path):
+    root = write_tone_folder(tmp_path / "t", per_class=3)
+    (root / "low" / "text.wav").write_text("not audio")
+    (root / "mid" / "empty.wav").write_bytes(b"")
+    summaries, bad = summarize(load_data(DataConfig(source=str(root), test_size=0.3)))
+    assert sorted(e.name.split("/")[-1] for e in bad) == ["empty.wav", "text.wav"]
+    total = sum(s.clips for s in summaries.values())
+    assert total == 11
+    durations = [s.durations for s in summaries.values()]
+    assert all(0.5 <= d[0] <= d[1] <= d[2] <= 1.5 for d in durations)
+    assert np.all([list(s.sample_rates) == [8000] for s in summaries.values()])
