@@ -174,6 +174,93 @@ def train(
     console.print(f"model written to {out}")
 
 
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
+    data: str = typer.Option(..., help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
+    split: str = typer.Option("test", help="Split to score."),
+    out: str = typer.Option("eval", help="Folder for report.json/.md, errors.csv, confusion.png."),
+    batch_size: int = typer.Option(16, help="Clips per forward pass."),
+    hub_config: str = typer.Option(None, help="Hub dataset configuration (e.g. en-US)."),
+    hub_split: str = typer.Option(None, help="Hub split to load."),
+    label_column: str = typer.Option("label", help="Label column (MInDS-14: intent_class)."),
+    test_size: float = typer.Option(0.2, help="Held-out fraction when there is no test split."),
+    seed: int = typer.Option(42, help="Seed of the held-out split (use the training one)."),
+    group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
+    group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
+    test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
+) -> None:
+    """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip."""
+    from rich.progress import Progress
+
+    from .evaluate import EvalConfig
+    from .evaluate import evaluate as run_evaluation
+
+    base = data_options(
+        data,
+        hub_config,
+        hub_split,
+        label_column,
+        test_size,
+        seed,
+        group_by,
+        group_pattern,
+        test_groups,
+    )
+    config = EvalConfig(**vars(base), model=model, split=split, out=out, batch_size=batch_size)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("decoding", total=None)
+        report = run_evaluation(config, progress=lambda: progress.advance(task))
+    table = Table(title=f"{model} on {data} [{split}]")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, m in report["per_class"].items():
+        table.add_row(
+            label,
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{m['f1']:.3f}",
+            str(m["support"]),
+        )
+    console.print(table)
+    console.print(
+        f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"({report['errors']} of {report['clips']} misclassified) -> {out}/"
+    )
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders, or CSV/JSONL manifests."),
+    top_k: int = typer.Option(5, help="Labels per clip."),
+    batch_size: int = typer.Option(16, help="Clips per forward pass."),
+    output_format: str = typer.Option("table", "--format", help="table, json or csv."),
+    out: Path = typer.Option(None, help="Write the results here instead of the terminal."),
+    window: float = typer.Option(None, help="Window seconds for long audio (default: model max)."),
+    hop: float = typer.Option(None, help="Hop seconds between windows (default: window / 2)."),
+) -> None:
+    """Classify audio. Exit code: 0 all inputs classified, 1 some inputs failed (error rows),
+    2 bad usage, model or data."""
+    from .classifier import Classifier
+    from .config import write_atomic
+    from .predict import expand_inputs, render, run
+
+    if output_format not in ("table", "json", "csv"):
+        raise ConfigError(f"--format {output_format!r}: choose table, json or csv")
+    clf = Classifier.load(model)
+    results = run(clf, expand_inputs(inputs), top_k, batch_size, window, hop)
+    failed = sum(isinstance(r, AudioError) for r in results)
+    text = render(results, output_format)
+    if out is None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    else:
+        write_atomic(out, text)
+    if failed:
+        err_console.print(f"{failed} of {len(results)} input(s) failed (see error rows)")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr, exit code 2."""
     from datasets.utils.logging import disable_progress_bar

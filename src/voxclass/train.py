@@ -52,7 +52,7 @@ class TrainConfig(DataConfig):
     epochs: float | None = None
     """Default 30 for a preset trained from scratch, 10 for a pretrained model."""
     learning_rate: float | None = None
-    """Default 2e-3 for a preset trained from scratch, 5e-5 for a pretrained model."""
+    """Default 5e-4 for a preset trained from scratch, 5e-5 for a pretrained model."""
     batch_size: int = 16
     """Per device."""
     grad_accum: int = 1
@@ -65,8 +65,9 @@ class TrainConfig(DataConfig):
     """Stop after this many evaluations without a better macro-F1 (0: never)."""
     augment: bool = True
     """Random gain, noise and time shift in training (SpecAugment comes from the model config)."""
-    augment_copies: int = 2
-    """Augmented copies of each training clip, featurized once before training."""
+    augment_copies: int = 3
+    """Copies of each training clip featurized before training: the clean clip plus
+    augmented ones."""
     augment_noise: str | None = None
     """Folder of noise recordings to mix into training clips."""
     class_weights: bool = False
@@ -150,7 +151,7 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         output_dir=str(work_dir(config) / "checkpoints"),
         num_train_epochs=config.epochs or (30 if from_scratch else 10),
         max_steps=config.max_steps,
-        learning_rate=config.learning_rate or (2e-3 if from_scratch else 5e-5),
+        learning_rate=config.learning_rate or (5e-4 if from_scratch else 5e-5),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size * 2,
         gradient_accumulation_steps=config.grad_accum,
