@@ -118,7 +118,9 @@ def featurize(
             rng = np.random.default_rng([seed, copy, index]) if augment else None
             wave = crop(np.asarray(wave, dtype=np.float32), limit, rng)
             waves.append(augment(wave, rng, sampling_rate) if augment and copy else wave)
-        features = extractor(waves, sampling_rate=sampling_rate)[input_name]
+        # One clip per call: given a list, some extractors (SeamlessM4T) pad every clip to the
+        # longest, and the padding would be stored as if it were audio.
+        features = [extractor(w, sampling_rate=sampling_rate)[input_name][0] for w in waves]
         return {
             "inputs": [np.asarray(f, dtype=np.float32) for f in features],
             "length": [len(w) for w in waves],

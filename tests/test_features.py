@@ -1,0 +1,75 @@
+import numpy as np
+from datasets import Dataset
+from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor
+
+from voxclass.features import Augment, PadCollator, crop, featurize, max_seconds_for
+from voxclass.presets import preset_config
+
+
+def _clips(seconds, rate=8000):
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(int(s * rate)) * 0.1).astype(np.float32) for s in seconds]
+    return Dataset.from_dict({"wave": waves, "label": list(range(len(waves))),
+                              "length": [len(w) for w in waves]})
+
+
+def test_max_duration_comes_from_the_data_not_one_second():
+    lengths = np.array([3.0] * 95 + [20.0] * 5) * 16000
+    assert max_seconds_for(lengths, 16000) == 3.85  # 95th percentile, not the 20 s outliers
+    assert max_seconds_for(np.array([0.2] * 10) * 16000, 16000) == 1.0  # floor
+    assert max_seconds_for(np.array([90.0] * 10) * 16000, 16000) == 30.0  # cap
+
+
+def test_training_crops_randomly_evaluation_from_the_start():
+    wave = np.arange(100, dtype=np.float32)
+    assert np.array_equal(crop(wave, 40, None), wave[:40])
+    starts = {crop(wave, 40, np.random.default_rng(s))[0] for s in range(20)}
+    assert len(starts) > 5 and all(0 <= x <= 60 for x in starts)
+    assert crop(wave, 200, None) is wave
+
+
+def test_features_are_stored_unpadded_one_clip_at_a_time():
+    _, extractor = preset_config("tiny")
+    ds = _clips([0.5, 3.0])
+    stored = featurize(ds, extractor, 8000, max_seconds=10)
+    for row, wave in zip(stored, ds["wave"], strict=True):
+        alone = extractor(np.asarray(wave), sampling_rate=8000)["input_features"][0]
+        np.testing.assert_allclose(row["inputs"], alone, atol=1e-6)
+    assert stored[0]["inputs"].shape[0] < stored[1]["inputs"].shape[0] / 4
+
+
+def test_training_copies_are_clean_plus_augmented_and_deterministic():
+    _, extractor = preset_config("tiny")
+    ds = _clips([1.0, 1.5])
+    a = featurize(ds, extractor, 8000, 10, Augment(), copies=3, seed=1)
+    b = featurize(ds, extractor, 8000, 10, Augment(), copies=3, seed=1)
+    clean = featurize(ds, extractor, 8000, 10)
+    assert len(a) == 6 and sorted(a["label"]) == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(a[0]["inputs"], clean[0]["inputs"])  # copy 0 is clean
+    assert a[2]["inputs"].shape != clean[0]["inputs"].shape  # speed-perturbed copy
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+
+
+def test_augment_changes_gain_noise_and_speed():
+    wave = np.sin(np.arange(8000) / 5).astype(np.float32)
+    out = Augment(probability=1.0, speed=(1.2, 1.2))(wave, np.random.default_rng(0), 8000)
+    assert abs(len(out) - 8000 / 1.2) < 5  # faster speech is shorter
+    still = Augment(probability=0.0, speed=(1.0, 1.0))(wave, np.random.default_rng(0), 8000)
+    np.testing.assert_array_equal(still, wave)
+
+
+def test_padding_is_per_batch_and_mask_only_where_the_extractor_gives_one():
+    _, extractor = preset_config("tiny")
+    stored = featurize(_clips([0.5, 1.0, 3.0]), extractor, 8000, 10)
+    short = PadCollator(extractor)([stored[0], stored[1]])
+    assert short["input_features"].shape[1] == stored[1]["inputs"].shape[0]  # not the 3 s one
+    assert short["attention_mask"].sum(1).tolist() == [len(stored[0]["inputs"]),
+                                                       len(stored[1]["inputs"])]
+    assert short["labels"].tolist() == [0, 1]
+
+    plain = Wav2Vec2FeatureExtractor(return_attention_mask=False)  # as wav2vec2-base
+    raw = featurize(_clips([0.5, 1.0], rate=16000), plain, 16000, 10)
+    batch = PadCollator(plain)(list(raw))
+    assert "attention_mask" not in batch and batch["input_values"].shape == (2, 16000)
+    assert isinstance(extractor, SeamlessM4TFeatureExtractor)
