@@ -30,6 +30,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import save_config
@@ -132,6 +133,42 @@ def class_weighted_loss(train: Dataset, num_labels: int):
     return loss
 
 
+class ShuffledLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of similar length (little padding) in random order.
+
+    The stock sampler sorts pools of 50 batches by length and emits them longest first. When
+    length carries the label (one intent's phrasings are longer than another's), consecutive
+    steps then sweep from some classes to others, and a model trained from scratch learned
+    nothing. Pools of 8 batches keep most of the padding saving; the batch order is shuffled.
+    """
+
+    pool_batches = 8
+
+    def __iter__(self):
+        order = get_length_grouped_indices(
+            self.lengths,
+            self.batch_size,
+            mega_batch_mult=self.pool_batches,
+            generator=self.generator,
+        )
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=self.generator).tolist()
+        return iter([i for b in shuffled for i in batches[b]])
+
+
+class VoxTrainer(Trainer):
+    """The stock Trainer with the length-grouped sampler above."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return ShuffledLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=dataset[self.args.length_column_name],
+        )
+
+
 class TimeBudget(TrainerCallback):
     """Ends training once the wall-clock budget is spent; the epoch ends early, is evaluated
     and checkpointed, so the best model so far is kept."""
@@ -217,7 +254,7 @@ def train(config: TrainConfig) -> Path:
         callbacks.append(EarlyStoppingCallback(config.early_stopping))
     if config.time_budget_minutes:
         callbacks.append(TimeBudget(config.time_budget_minutes))
-    trainer = Trainer(
+    trainer = VoxTrainer(
         model=model,
         args=args,
         data_collator=PadCollator(extractor),
