@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install browser-deps clean
+.PHONY: demo test lint install clean
 
 $(BIN)/voxclass: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,16 +20,10 @@ install: $(BIN)/voxclass
 demo: install
 	$(BIN)/voxclass demo --output demo
 
-# The browser test needs Debian's chromium + chromium-driver; install them when absent (root, apt).
-browser-deps:
-	@command -v chromedriver >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	  || echo "warning: could not install chromium/chromium-driver; the browser test will fail"; }
-
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-test: install browser-deps lint
+test: install lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -9,8 +9,9 @@ from voxclass.presets import preset_config
 def _clips(seconds, rate=8000):
     rng = np.random.default_rng(0)
     waves = [(rng.standard_normal(int(s * rate)) * 0.1).astype(np.float32) for s in seconds]
-    return Dataset.from_dict({"wave": waves, "label": list(range(len(waves))),
-                              "length": [len(w) for w in waves]})
+    return Dataset.from_dict(
+        {"wave": waves, "label": list(range(len(waves))), "length": [len(w) for w in waves]}
+    )
 
 
 def test_max_duration_comes_from_the_data_not_one_second():
@@ -64,8 +65,10 @@ def test_padding_is_per_batch_and_mask_only_where_the_extractor_gives_one():
     stored = featurize(_clips([0.5, 1.0, 3.0]), extractor, 8000, 10)
     short = PadCollator(extractor)([stored[0], stored[1]])
     assert short["input_features"].shape[1] == stored[1]["inputs"].shape[0]  # not the 3 s one
-    assert short["attention_mask"].sum(1).tolist() == [len(stored[0]["inputs"]),
-                                                       len(stored[1]["inputs"])]
+    assert short["attention_mask"].sum(1).tolist() == [
+        len(stored[0]["inputs"]),
+        len(stored[1]["inputs"]),
+    ]
     assert short["labels"].tolist() == [0, 1]
 
     plain = Wav2Vec2FeatureExtractor(return_attention_mask=False)  # as wav2vec2-base

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .audio import AudioSource, describe_source, load_audio, prepare_array
+from .features import extract_one, pad_batch
 from .model import load_trained, max_seconds_of
 
 
@@ -71,9 +72,8 @@ class Classifier:
         """Logits for one batch of waves (already at the model's rate)."""
         import torch
 
-        inputs = self.extractor(
-            waves, sampling_rate=self.sampling_rate, padding="longest", return_tensors="pt"
-        )
+        rate = self.sampling_rate
+        inputs = pad_batch(self.extractor, [extract_one(self.extractor, w, rate) for w in waves])
         with torch.inference_mode():
             return self.model(**inputs).logits.float().numpy()
 

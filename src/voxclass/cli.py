@@ -248,8 +248,9 @@ def predict(
 
     if output_format not in ("table", "json", "csv"):
         raise ConfigError(f"--format {output_format!r}: choose table, json or csv")
+    paths = expand_inputs(inputs)  # a missing input fails before the model loads
     clf = Classifier.load(model)
-    results = run(clf, expand_inputs(inputs), top_k, batch_size, window, hop)
+    results = run(clf, paths, top_k, batch_size, window, hop)
     failed = sum(isinstance(r, AudioError) for r in results)
     text = render(results, output_format)
     if out is None:
@@ -295,8 +296,12 @@ def demo(
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr, exit code 2."""
     from datasets.utils.logging import disable_progress_bar
+    from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
-    disable_progress_bar()  # our own progress bars speak; datasets' casting bars are noise
+    # Our own progress bars speak; datasets' casting and transformers' weight-loading bars
+    # are noise (and would push an error off its one line).
+    disable_progress_bar()
+    quiet_transformers()
     try:
         app()
     except USER_ERRORS as err:

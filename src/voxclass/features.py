@@ -6,8 +6,7 @@ evaluation takes the clip from its start, and each batch is padded only to its o
 
 Features are extracted once per clip (per augmented copy in training), not once per step: a
 log-mel extractor costs more than a small model's forward pass on a CPU. The collator only pads,
-through the feature extractor's own `pad`, which returns an attention mask exactly when the
-extractor does: wav2vec2-base was trained without one and must not get one.
+through the feature extractor's own `pad`. Inference (`Classifier`) uses the same two steps.
 """
 
 from __future__ import annotations
@@ -93,6 +92,24 @@ class Augment:
         return wave.astype(np.float32, copy=False)
 
 
+def extract_one(extractor: Callable, wave: np.ndarray, sampling_rate: int) -> np.ndarray:
+    """Model inputs of one clip, exactly as `pipeline` computes them for that clip alone.
+
+    One clip per call: given a list, SeamlessM4T pads every clip to the longest before
+    stacking frames (and drops leftover frames), so a clip's features would depend on its
+    neighbours. Batches are padded afterwards by `pad_batch`.
+    """
+    name = extractor.model_input_names[0]
+    return np.asarray(extractor(wave, sampling_rate=sampling_rate)[name][0], dtype=np.float32)
+
+
+def pad_batch(extractor: Callable, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Pad per-clip inputs to the batch's longest, with an attention mask exactly when the
+    extractor gives one (wav2vec2-base was trained without and must not get one)."""
+    name = extractor.model_input_names[0]
+    return dict(extractor.pad({name: inputs}, padding="longest", return_tensors="pt"))
+
+
 def featurize(
     ds: Dataset,
     extractor: Callable,
@@ -110,7 +127,6 @@ def featurize(
     where the model has it, adds fresh masks on top at every step.
     """
     limit = int(max_seconds * sampling_rate)
-    input_name = extractor.model_input_names[0]
 
     def extract(batch: dict, indices: list[int], copy: int) -> dict:
         waves = []
@@ -118,11 +134,8 @@ def featurize(
             rng = np.random.default_rng([seed, copy, index]) if augment else None
             wave = crop(np.asarray(wave, dtype=np.float32), limit, rng)
             waves.append(augment(wave, rng, sampling_rate) if augment and copy else wave)
-        # One clip per call: given a list, some extractors (SeamlessM4T) pad every clip to the
-        # longest, and the padding would be stored as if it were audio.
-        features = [extractor(w, sampling_rate=sampling_rate)[input_name][0] for w in waves]
         return {
-            "inputs": [np.asarray(f, dtype=np.float32) for f in features],
+            "inputs": [extract_one(extractor, w, sampling_rate) for w in waves],
             "length": [len(w) for w in waves],
         }
 
@@ -144,16 +157,11 @@ def featurize(
 
 @dataclass
 class PadCollator:
-    """Batches of extracted inputs -> padded tensors (+ attention mask where the extractor gives
-    one) and labels. Padding is to the batch's own longest clip."""
+    """Batches of extracted inputs -> padded tensors and labels (see `pad_batch`)."""
 
     extractor: Callable
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        name = self.extractor.model_input_names[0]
-        batch = self.extractor.pad(
-            {name: [e["inputs"] for e in examples]}, padding="longest", return_tensors="pt"
-        )
-        batch = dict(batch)
+        batch = pad_batch(self.extractor, [e["inputs"] for e in examples])
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
         return batch

@@ -1,0 +1,50 @@
+import csv
+import json
+
+import numpy as np
+import soundfile as sf
+from conftest import TONES, burst
+from PIL import Image
+
+from voxclass.evaluate import EvalConfig, compute_report, evaluate
+
+
+def test_report_numbers_match_a_known_answer():
+    truth = ["a", "a", "b", "b", "c", "c"]
+    predicted = ["a", "b", "b", "b", "c", "a"]
+    report = compute_report(truth, predicted, ["a", "b", "c"])
+    assert report["accuracy"] == 4 / 6
+    # a: P 1/2 R 1/2; b: P 2/3 R 1; c: P 1 R 1/2
+    f1 = [0.5, 0.8, 2 / 3]
+    assert np.isclose(report["macro_f1"], np.mean(f1))
+    assert report["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    assert report["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_evaluate_writes_reports_for_a_model_with_known_behaviour(trained_tone_model, tmp_path):
+    # Two of each tone, plus a "mid" clip that is really a low tone: exactly one error.
+    data = tmp_path / "data"
+    for label, freq in TONES.items():
+        (data / label).mkdir(parents=True)
+        for i in range(2):
+            sf.write(data / label / f"{label}{i}.wav", burst(freq, 1.0, 8000, seed=i), 8000)
+    sf.write(data / "mid" / "mislabelled.wav", burst(TONES["low"], 1.0, 8000), 8000)
+    (data / "test").mkdir()  # an explicit test split: use the folder as given
+    for label in TONES:
+        (data / label).rename(data / "test" / label)
+
+    out = tmp_path / "eval"
+    report = evaluate(EvalConfig(source=str(data), model=str(trained_tone_model), out=str(out)))
+    assert report["clips"] == 7 and report["errors"] == 1
+    assert np.isclose(report["accuracy"], 6 / 7)
+    assert report["per_class"]["low"]["precision"] == 2 / 3
+    assert report["per_class"]["mid"]["recall"] == 2 / 3
+
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["accuracy"] == report["accuracy"] and saved["confusion"] == report["confusion"]
+    errors = list(csv.DictReader((out / "errors.csv").open()))
+    assert len(errors) == 1 and errors[0]["path"].endswith("mislabelled.wav")
+    assert (errors[0]["true_label"], errors[0]["predicted_label"]) == ("mid", "low")
+    assert "confusion.png" in (out / "report.md").read_text()
+    with Image.open(out / "confusion.png") as image:
+        assert image.format == "PNG" and min(image.size) > 400

@@ -1,0 +1,235 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TONES, burst, write_tone_folder
+from transformers import (
+    AutoModelForAudioClassification,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForSequenceClassification,
+    pipeline,
+)
+
+from voxclass.config import ConfigError, build_config, parse_overrides
+from voxclass.model import ModelError, build_model
+from voxclass.train import (
+    TrainConfig,
+    class_weighted_loss,
+    freeze_pretrained_encoder,
+    push,
+    training_arguments,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "voxclass", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_output_directory_is_complete_and_loads_in_plain_pipeline(trained_tone_model):
+    out = trained_tone_model
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "metrics.json",
+        "voxclass_config.yaml",
+        "README.md",
+    ):
+        assert (out / name).is_file(), name
+    assert not Path(f"{out}.work").exists()  # checkpoints removed once the model is final
+    metrics = json.loads((out / "metrics.json").read_text())
+    evals = [e for e in metrics["epochs"] if "eval_macro_f1" in e]
+    assert len(evals) >= 2 and all("eval_accuracy" in e for e in evals)
+    assert metrics["final"]["macro_f1"] == max(e["eval_macro_f1"] for e in evals)  # best kept
+    config = yaml.safe_load((out / "voxclass_config.yaml").read_text())
+    assert config["model"] == "tiny" and config["epochs"] == 20
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: audio-classification" in card and "`high`" in card
+
+    classify = pipeline("audio-classification", model=str(out))  # no voxclass involved
+    for label, freq in TONES.items():
+        top = classify({"raw": burst(freq, 1.0, 8000, seed=9), "sampling_rate": 8000}, top_k=1)
+        assert top[0]["label"] == label
+
+
+def test_defaults_evaluate_and_checkpoint_each_epoch_and_keep_best_by_macro_f1(tmp_path):
+    args = training_arguments(TrainConfig(source="x", output=str(tmp_path / "m")), True)
+    assert args.eval_strategy == "epoch" and args.save_strategy == "epoch"
+    assert args.load_best_model_at_end and args.metric_for_best_model == "macro_f1"
+    assert args.save_total_limit == 2 and args.train_sampling_strategy == "group_by_length"
+    assert args.learning_rate == 5e-4 and args.num_train_epochs == 30  # from scratch
+    pretrained = training_arguments(TrainConfig(source="x"), from_scratch=False)
+    assert pretrained.learning_rate == 5e-5 and pretrained.num_train_epochs == 10
+    assert Path(args.output_dir) == tmp_path / "m.work" / "checkpoints"
+
+
+def _local_wav2vec2(path: Path) -> Path:
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
+    return path
+
+
+def test_feature_encoder_frozen_only_for_pretrained_wav2vec2(tmp_path):
+    model, _ = build_model(str(_local_wav2vec2(tmp_path / "w2v")), ["a", "b"])
+    assert model.config.id2label == {0: "a", 1: "b"}  # new head for our labels
+    assert freeze_pretrained_encoder(model, from_scratch=False, enabled=True)
+    encoder = model.wav2vec2.feature_extractor
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    scratch, _ = build_model("tiny-wav2vec2", ["a", "b"])
+    assert not freeze_pretrained_encoder(scratch, from_scratch=True, enabled=True)
+    assert all(p.requires_grad for p in scratch.parameters())
+
+
+def test_presets_have_specaugment_and_load_with_stock_transformers(tmp_path):
+    for name in ("tiny", "small", "tiny-wav2vec2"):
+        model, _ = build_model(name, ["a", "b"])
+        assert model.config.mask_time_prob > 0
+        model.save_pretrained(tmp_path / name)
+        assert type(AutoModelForAudioClassification.from_pretrained(tmp_path / name)) is type(model)
+
+
+def test_class_weighted_loss_matches_hand_computation():
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"label": [0, 0, 0, 1]})  # class 1 is rare
+    loss = class_weighted_loss(train, 2)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    weights = torch.tensor([4 / 3 / 2, 4 / 1 / 2])
+    per_clip = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (per_clip * weights[labels]).sum() / weights[labels].sum()
+    got = loss(type("Out", (), {"logits": logits})(), labels)
+    assert torch.isclose(got, expected)
+
+
+def test_yaml_then_command_line_and_unknown_options(tmp_path):
+    (tmp_path / "c.yaml").write_text("source: data\nepochs: 3\nbatch_size: 4\n")
+    config = build_config(
+        TrainConfig,
+        tmp_path / "c.yaml",
+        parse_overrides(["--epochs", "5", "--augment", "false", "--test-groups", "a,b"]),
+    )
+    assert (config.epochs, config.batch_size, config.augment) == (5, 4, False)
+    assert config.test_groups == ["a", "b"]
+    with pytest.raises(ConfigError, match="unknown option.*epoch"):
+        build_config(TrainConfig, None, {"source": "x", "epoch": 3})
+    run = _run("train", "--data", "x", "--epoch", "3")
+    assert run.returncode == 2 and run.stderr.startswith("error: unknown option(s) epoch")
+
+
+def test_unreachable_hub_model_and_push_fail_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="cannot load 'facebook/wav2vec2-base' from the Hugging"):
+        build_model("facebook/wav2vec2-base", ["a", "b"])
+    with pytest.raises(ModelError, match="cannot push to the Hugging Face Hub repo 'me/m'"):
+        push(tmp_path, "me/m")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_finishes_with_a_valid_model(tmp_path):
+    data = write_tone_folder(tmp_path / "data", per_class=12, splits=True)
+    out = tmp_path / "model"
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "tiny",
+        "--output",
+        str(out),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "2",
+        "--early-stopping",
+        "0",
+        "--augment-copies",
+        "2",
+    ]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "voxclass", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = tmp_path / "model.work" / "checkpoints"
+    deadline = time.time() + 240
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and job.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    time.sleep(1.0)  # mid-way through the next epoch
+    assert job.poll() is None, "training ended before it could be killed"
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not out.exists()  # no half-written final directory
+    first = min(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+
+    run = _run(*args, "--resume")
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps = [e["step"] for e in metrics["epochs"] if "eval_macro_f1" in e]
+    assert max(steps) > first and metrics["final"]["accuracy"] > 0.5
+    pipeline("audio-classification", model=str(out))
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_write_one_coherent_model(tmp_path):
+    data = write_tone_folder(tmp_path / "data", per_class=6, splits=True)
+    out = tmp_path / "model"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "voxclass",
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "tiny",
+            "--output",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("data", "model")]
+    assert leftovers == []
+    classify = pipeline("audio-classification", model=str(out))
+    assert len(classify({"raw": np.zeros(8000, np.float32), "sampling_rate": 8000})) == 3
