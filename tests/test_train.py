@@ -55,7 +55,7 @@ def test_output_directory_is_complete_and_loads_in_plain_pipeline(trained_tone_m
     assert len(evals) >= 2 and all("eval_accuracy" in e for e in evals)
     assert metrics["final"]["macro_f1"] == max(e["eval_macro_f1"] for e in evals)  # best kept
     config = yaml.safe_load((out / "voxclass_config.yaml").read_text())
-    assert config["model"] == "tiny" and config["epochs"] == 20
+    assert config["model"] == "tiny" and config["epochs"] == 30
     card = (out / "README.md").read_text()
     assert "pipeline_tag: audio-classification" in card and "`high`" in card
 

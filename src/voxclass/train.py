@@ -207,6 +207,9 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         remove_unused_columns=False,
         dataloader_num_workers=config.num_workers,
         seed=config.seed,
+        # Without a GPU, accelerate only sets up multi-process DDP (gloo) when told it is on
+        # the CPU; otherwise each torchrun process would silently train alone.
+        use_cpu=not torch.accelerator.is_available(),
         report_to="none",
         disable_tqdm=False,
         save_only_model=False,
