@@ -1,8 +1,16 @@
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor
 
-from voxclass.features import Augment, PadCollator, crop, featurize, max_seconds_for
+from voxclass.features import (
+    Augment,
+    PadCollator,
+    crop,
+    featurize,
+    max_seconds_for,
+    min_input_length,
+)
 from voxclass.presets import preset_config
 
 
@@ -76,3 +84,21 @@ def test_padding_is_per_batch_and_mask_only_where_the_extractor_gives_one():
     batch = PadCollator(plain)(list(raw))
     assert "attention_mask" not in batch and batch["input_values"].shape == (2, 16000)
     assert isinstance(extractor, SeamlessM4TFeatureExtractor)
+
+
+def test_batches_of_very_short_clips_still_fit_specaugment_masks():
+    from voxclass.model import build_model
+
+    model, extractor = build_model("tiny", ["a", "b"])
+    need = min_input_length(model)
+    assert need == model.config.mask_time_length + 1
+    stored = featurize(_clips([0.1, 0.12]), extractor, 8000, 10)  # 2 frames each
+    batch = PadCollator(extractor, need)(list(stored))
+    assert batch["input_features"].shape[1] == need
+    assert batch["attention_mask"].sum(1).tolist() == [len(x) for x in stored["inputs"]]
+    model.train()(**batch)  # SpecAugment masks fit: no error
+
+    raw_model, _ = build_model("tiny-wav2vec2", ["a", "b"])
+    samples = min_input_length(raw_model)
+    frames = raw_model._get_feat_extract_output_lengths(torch.tensor(samples))
+    assert int(frames) > raw_model.config.mask_time_length

@@ -103,11 +103,31 @@ def extract_one(extractor: Callable, wave: np.ndarray, sampling_rate: int) -> np
     return np.asarray(extractor(wave, sampling_rate=sampling_rate)[name][0], dtype=np.float32)
 
 
-def pad_batch(extractor: Callable, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Pad per-clip inputs to the batch's longest, with an attention mask exactly when the
-    extractor gives one (wav2vec2-base was trained without and must not get one)."""
+def pad_batch(
+    extractor: Callable, inputs: list[np.ndarray], min_length: int = 0
+) -> dict[str, torch.Tensor]:
+    """Pad per-clip inputs to the batch's longest (and at least `min_length`), with an
+    attention mask exactly when the extractor gives one (wav2vec2-base was trained without
+    and must not get one)."""
     name = extractor.model_input_names[0]
-    return dict(extractor.pad({name: inputs}, padding="longest", return_tensors="pt"))
+    length = max(min_length, *(len(x) for x in inputs))
+    padded = extractor.pad(
+        {name: inputs}, padding="max_length", max_length=length, return_tensors="pt"
+    )
+    return dict(padded)
+
+
+def min_input_length(model: torch.nn.Module) -> int:
+    """Shortest batch input in which the model's SpecAugment time masks fit: a batch of only
+    very short clips (a 0.1 s spoken digit) would otherwise stop training with an error."""
+    config = model.config
+    frames = getattr(config, "mask_time_length", 0) + 1
+    if getattr(config, "mask_time_prob", 0) <= 0:
+        return 0
+    length = frames
+    while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < frames:
+        length *= 2
+    return length
 
 
 def featurize(
@@ -160,8 +180,10 @@ class PadCollator:
     """Batches of extracted inputs -> padded tensors and labels (see `pad_batch`)."""
 
     extractor: Callable
+    min_length: int = 0
+    """Pad every batch to at least this length (see `min_input_length`)."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_batch(self.extractor, [e["inputs"] for e in examples])
+        batch = pad_batch(self.extractor, [e["inputs"] for e in examples], self.min_length)
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
         return batch

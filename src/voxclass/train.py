@@ -35,7 +35,14 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import save_config
 from .data import DataConfig, DataError, load_data
-from .features import Augment, PadCollator, decode_split, featurize, max_seconds_for
+from .features import (
+    Augment,
+    PadCollator,
+    decode_split,
+    featurize,
+    max_seconds_for,
+    min_input_length,
+)
 from .model import ModelError, build_model
 from .presets import PRESETS
 
@@ -260,7 +267,7 @@ def train(config: TrainConfig) -> Path:
     trainer = VoxTrainer(
         model=model,
         args=args,
-        data_collator=PadCollator(extractor),
+        data_collator=PadCollator(extractor, min_input_length(model)),
         train_dataset=train_set,
         eval_dataset=test_set,
         processing_class=extractor,
