@@ -79,8 +79,15 @@ def test_unknown_labels_for_a_model_are_named(tone_folder):
 
 
 def test_hub_failure_is_clear_offline(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # both libraries read the variables once, at import: set their constants too, or the
+    # test spends ~20 s on connection retries instead of failing fast
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(
         DataError, match="cannot reach the Hugging Face Hub to load 'PolyAI/minds14'"
     ):

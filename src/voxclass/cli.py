@@ -141,7 +141,7 @@ def inspect(
     if bad:
         err_console.print(f"[red]{len(bad)} bad file(s):[/red]")
         for error in bad:
-            err_console.print(f"  {error}", highlight=False, markup=False)
+            err_console.print(f"  {error}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -1,0 +1,75 @@
+"""The command line: user errors are one line and exit code 2; `synth` and `inspect` end to end."""
+
+import sys
+
+import pytest
+import soundfile as sf
+from conftest import tone, write_tone_folder
+
+from voxclass import cli
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["voxclass", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_data_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "inspect", tmp_path / "nothing_here")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert err.startswith("error: ") and "nothing_here: no such file or folder" in err
+
+
+def test_manifest_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    root = write_tone_folder(tmp_path / "t", per_class=3)
+    (root / "manifest.csv").write_text("path,label\nlow/low_0.wav,low\nlow/low_1.wav\n")
+    code, _, err = run_cli(monkeypatch, capsys, "inspect", root / "manifest.csv")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "manifest.csv, line 3" in err
+
+
+def test_inspect_lists_every_bad_file_and_exits_1(tmp_path, monkeypatch, capsys):
+    root = write_tone_folder(tmp_path / "t", per_class=4)
+    (root / "low" / "text.wav").write_text("this is text, not audio")
+    (root / "mid" / "empty.wav").write_bytes(b"")
+    sf.write(root / "high" / "long.wav", tone(500, 3.0, 8000), 8000)
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", root, "--max-seconds", "2")
+    assert code == 1
+    for name, reason in (("text.wav", "not audio"), ("empty.wav", "empty"), ("long.wav", "limit")):
+        line = next(x for x in err.splitlines() if name in x)
+        assert reason in line
+    assert "3 bad file(s)" in err
+    assert "8000 Hz" in out and "1ch" in out and "low" in out
+
+
+def test_inspect_group_options(fsdd, monkeypatch, capsys):
+    pattern = r"^\d+_(?P<group>[a-z]+)_"
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "inspect", fsdd, "--group-pattern", pattern, "--test-groups", "george"
+    )
+    assert code == 0
+    header = next(x for x in out.splitlines() if "train" in x and "test" in x).split()
+    groups = next(x for x in out.splitlines() if x.strip("│ ").startswith("groups")).split()
+    counts = dict(
+        zip(
+            [w for w in header if w in ("train", "test")],
+            [w for w in groups if w.isdigit()],
+            strict=True,
+        )
+    )
+    assert counts == {"train": "3", "test": "1"}  # george alone is held out
+
+
+def test_synth_then_inspect(tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "s"
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "synth", out_dir, "--train-per-intent", "1", "--test-per-intent", "1"
+    )
+    assert code == 0 and "wrote 28 clips" in out and "clips/s" in out
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", out_dir)
+    assert code == 0, err
+    assert "pay_bill" in out and "8000 Hz×14" in out
