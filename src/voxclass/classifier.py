@@ -57,12 +57,17 @@ class Classifier:
             getattr(config, "voxclass", {}).get("sampling_rate", extractor.sampling_rate)
         )
         self.max_seconds: float = max_seconds_of(config)
-        self.backend = "torch"
+        self.backend = "onnx" if hasattr(model, "session") else "torch"
         self.masked = bool(getattr(extractor, "return_attention_mask", False))
         self.multi_label = config.problem_type == "multi_label_classification"
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
+        """A model directory: an exported one (model.onnx) runs on onnxruntime, else torch."""
+        if (Path(path) / "model.onnx").is_file():
+            from .export import load_onnx
+
+            return cls(*load_onnx(path))
         model, extractor = load_trained(path)
         return cls(model, extractor)
 
@@ -70,10 +75,13 @@ class Classifier:
 
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         """Logits for one batch of waves (already at the model's rate)."""
+        rate = self.sampling_rate
+        features = [extract_one(self.extractor, w, rate) for w in waves]
+        if self.backend == "onnx":
+            return self.model.logits(self.extractor, features)
         import torch
 
-        rate = self.sampling_rate
-        inputs = pad_batch(self.extractor, [extract_one(self.extractor, w, rate) for w in waves])
+        inputs = pad_batch(self.extractor, features)
         with torch.inference_mode():
             return self.model(**inputs).logits.float().numpy()
 

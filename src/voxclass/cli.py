@@ -293,6 +293,23 @@ def demo(
     )
 
 
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Trained model directory (any transformers one)."),
+    out: Path = typer.Option(..., help="New folder for model.onnx, config and extractor."),
+    int8: bool = typer.Option(False, help="Dynamic int8 quantization of the weights."),
+) -> None:
+    """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
+    from .export import export as run_export
+
+    report = run_export(model, out, int8=int8)
+    console.print(
+        f"exported {report.path} ({'int8' if report.int8 else 'fp32'}, "
+        f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
+        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips"
+    )
+
+
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr, exit code 2."""
     from datasets.utils.logging import disable_progress_bar
