@@ -5,7 +5,7 @@ import sys
 
 import soundfile as sf
 
-from voxclass.synth import INTENTS
+from voxclass.synth import INTENTS, Espeak, SynthConfig, _variants, plan
 
 MINDS14 = [
     "abroad",
@@ -70,6 +70,16 @@ def test_synth_is_deterministic_voice_disjoint_telephone_audio(tmp_path):
         info = sf.info(path)
         assert info.samplerate == 8000 and info.channels == 1 and info.duration > 0.5
 
-    _synth(tmp_path / "c", 8)
-    assert _digest(tmp_path / "c").keys() == _digest(tmp_path / "a").keys()
-    assert _digest(tmp_path / "c") != _digest(tmp_path / "a")
+
+def test_another_seed_plans_other_clips(tmp_path):
+    # a third synth run would cost ~15 s; the plan alone decides texts, voices and prosody
+    variants = _variants(Espeak().data_path)
+    seven = list(
+        plan(SynthConfig(out=tmp_path, train_per_intent=2, test_per_intent=1, seed=7), variants)
+    )
+    eight = list(
+        plan(SynthConfig(out=tmp_path, train_per_intent=2, test_per_intent=1, seed=8), variants)
+    )
+    assert [r["file_name"] for r in seven] == [r["file_name"] for r in eight]
+    assert [r["voice"] for r in seven] != [r["voice"] for r in eight]
+    assert [r["seed"] for r in seven] != [r["seed"] for r in eight]
