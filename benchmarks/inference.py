@@ -1,0 +1,161 @@
+"""Inference speed: the seed's `transformers.pipeline` (one clip at a time) vs voxclass batched
+inference on torch, ONNX fp32 and ONNX int8. Same model, same clips, one run; prints a table.
+
+Clips are concatenations of real FSDD digits, 1-10 s long. Throughput is clips/s over all
+clips (voxclass batches clips of similar length); latency is one clip per call, on the first
+`--latency-clips` clips. Agreement is top-1 agreement with voxclass torch.
+
+    python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200]
+
+Without --model a freshly built model with random weights is used (`tiny` preset, or a
+wav2vec2-base-sized model from the default `Wav2Vec2Config()` for `--model-size base`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from transformers import (
+    AutoModelForAudioClassification,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    pipeline,
+)
+
+from voxclass import Classifier
+from voxclass.audio import load_audio
+from voxclass.export import export
+from voxclass.model import build_model, label_maps
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+DIGITS = [str(d) for d in range(10)]
+
+
+def fresh_model(size: str, path: Path) -> Path:
+    if size == "tiny":
+        model, extractor = build_model("tiny", DIGITS)
+    else:  # wav2vec2-base dimensions (95 M parameters), random weights
+        model = AutoModelForAudioClassification.from_config(Wav2Vec2Config(**label_maps(DIGITS)))
+        extractor = Wav2Vec2FeatureExtractor(return_attention_mask=False, do_normalize=True)
+    model.save_pretrained(path)
+    extractor.save_pretrained(path)
+    return path
+
+
+def fsdd_clips(n: int, rate: int, seed: int = 0) -> list[np.ndarray]:
+    """`n` clips of 1-10 s, each a run of random FSDD digit recordings."""
+    rng = np.random.default_rng(seed)
+    files = sorted(FSDD.glob("*/*.wav"))
+    clips = []
+    for _ in range(n):
+        target = int(rng.uniform(1.0, 10.0) * rate)
+        parts, length = [], 0
+        while length < target:
+            wave = load_audio(files[rng.integers(len(files))], rate)
+            parts.append(wave)
+            length += len(wave)
+        clips.append(np.concatenate(parts)[:target])
+    return clips
+
+
+def size_mb(path: Path, pattern: str) -> float:
+    return sum(p.stat().st_size for p in path.glob(pattern)) / 1e6
+
+
+def measure(name: str, run_all, run_one, clips, latency_clips: int) -> dict:
+    """Throughput over all clips and single-clip latencies; returns top-1 predictions too."""
+    run_one(clips[0])  # warm-up
+    start = time.perf_counter()
+    top1 = run_all(clips)
+    seconds = time.perf_counter() - start
+    latencies = []
+    for wave in clips[:latency_clips]:
+        t = time.perf_counter()
+        run_one(wave)
+        latencies.append(time.perf_counter() - t)
+    return {
+        "name": name,
+        "clips_per_s": len(clips) / seconds,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "top1": np.asarray(top1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="trained model dir (default: fresh model)")
+    parser.add_argument("--model-size", choices=["tiny", "base"], default="tiny")
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--latency-clips", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="voxclass-bench-"))
+    model_dir = args.model or fresh_model(args.model_size, work / "model")
+    title = str(args.model) if args.model else f"fresh {args.model_size} model, random weights"
+    export(model_dir, work / "fp32")
+    export(model_dir, work / "int8", int8=True)
+
+    torch_clf = Classifier.load(model_dir)
+    rate = torch_clf.sampling_rate
+    clips = fsdd_clips(args.clips, rate)
+    label_ids = {label: i for i, label in enumerate(torch_clf.labels)}
+
+    seed = pipeline("audio-classification", model=str(model_dir), device="cpu")
+
+    def seed_one(wave):
+        return label_ids[seed({"raw": wave, "sampling_rate": rate}, top_k=1)[0]["label"]]
+
+    rows = [
+        measure(
+            "pipeline, 1 clip/call",
+            lambda cs: [seed_one(w) for w in cs],
+            seed_one,
+            clips,
+            args.latency_clips,
+        )
+    ]
+    sizes = [size_mb(model_dir, "*.safetensors")] * 2
+    for name, clf, where in [
+        ("voxclass torch", torch_clf, model_dir),
+        ("voxclass onnx fp32", Classifier.load(work / "fp32"), work / "fp32"),
+        ("voxclass onnx int8", Classifier.load(work / "int8"), work / "int8"),
+    ]:
+        rows.append(
+            measure(
+                f"{name}, batch {args.batch_size}",
+                lambda cs, c=clf: c.probabilities(cs, args.batch_size).argmax(1),
+                lambda w, c=clf: c.probabilities([w]),
+                clips,
+                args.latency_clips,
+            )
+        )
+        if name != "voxclass torch":
+            sizes.append(size_mb(where, "*.onnx"))
+
+    seconds = [len(c) / rate for c in clips]
+    print(
+        f"\n{title}; {len(clips)} FSDD-concatenation clips of {min(seconds):.1f}-"
+        f"{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; latency over "
+        f"{min(args.latency_clips, len(clips))} clips\n"
+    )
+    header = f"{'':28} {'clips/s':>8} {'x pipe':>7} {'p50 ms':>8} {'p95 ms':>8} {'MB':>7} agree"
+    print(header)
+    print("-" * len(header))
+    reference = rows[1]["top1"]
+    for row, mb in zip(rows, sizes, strict=True):
+        agree = float((row["top1"] == reference).mean())
+        print(
+            f"{row['name']:28} {row['clips_per_s']:8.1f} "
+            f"{row['clips_per_s'] / rows[0]['clips_per_s']:6.1f}x {row['p50_ms']:8.1f} "
+            f"{row['p95_ms']:8.1f} {mb:7.1f} {agree:5.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
