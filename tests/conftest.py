@@ -79,3 +79,29 @@ def trained_tone_model(tmp_path_factory) -> Path:
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert final["accuracy"] == 1.0, f"tone model did not learn the tones: {final}"
     return out
+
+
+def write_local_wav2vec2(path: Path) -> Path:
+    """A tiny raw-waveform wav2vec2 classifier saved like a pretrained Hub checkpoint
+    (stands in for facebook/wav2vec2-base: group-norm, extractor without attention mask)."""
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForSequenceClassification,
+    )
+
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
+    return path

@@ -102,3 +102,28 @@ def test_batches_of_very_short_clips_still_fit_specaugment_masks():
     samples = min_input_length(raw_model)
     frames = raw_model._get_feat_extract_output_lengths(torch.tensor(samples))
     assert int(frames) > raw_model.config.mask_time_length
+
+
+def test_gain_shift_and_noise_each_change_the_wave_deterministically():
+    wave = np.sin(np.arange(8000) / 5).astype(np.float32)
+    quiet = (200.0, 200.0)  # SNR so high the noise is negligible
+
+    def run(seed=0, **kw):
+        opts = {"speed": (1.0, 1.0), "probability": 1.0, "gain_db": 0.0, "shift_seconds": 0.0}
+        return Augment(**{"noise_snr_db": quiet, **opts, **kw})(
+            wave, np.random.default_rng(seed), 8000
+        )
+
+    gained = run(gain_db=6.0)
+    ratio = gained / np.where(wave == 0, 1, wave)
+    assert np.ptp(ratio[np.abs(wave) > 0.1]) < 1e-3 and abs(ratio[1] - 1) > 0.01
+    shifted = run(shift_seconds=0.2)
+    lag = np.nonzero(
+        [np.allclose(np.roll(wave, k), shifted, atol=1e-4) for k in range(-1600, 1601)]
+    )
+    assert lag[0].size == 1 and lag[0][0] != 1600  # a pure non-zero circular shift
+    noisy = run(noise_snr_db=(10.0, 10.0))
+    assert np.isclose(np.mean((noisy - wave) ** 2) / np.mean(wave**2), 0.1, rtol=0.1)
+    for kw in ({"gain_db": 6.0}, {"shift_seconds": 0.2}, {"noise_snr_db": (10.0, 10.0)}):
+        np.testing.assert_array_equal(run(3, **kw), run(3, **kw))
+        assert not np.array_equal(run(3, **kw), run(4, **kw))
