@@ -76,8 +76,6 @@ class TrainConfig(DataConfig):
     augment_copies: int = 3
     """Copies of each training clip featurized before training: the clean clip plus
     augmented ones."""
-    augment_noise: str | None = None
-    """Folder of noise recordings to mix into training clips."""
     class_weights: bool = False
     """Weight the loss by inverse class frequency (for imbalanced data)."""
     freeze_feature_encoder: bool = True
@@ -238,14 +236,7 @@ def train(config: TrainConfig) -> Path:
     freeze_pretrained_encoder(model, from_scratch, config.freeze_feature_encoder)
     model.config.voxclass = {"max_seconds": max_seconds, "sampling_rate": rate}
 
-    augment = None
-    if config.augment:
-        extra = None
-        if config.augment_noise:
-            from .noise import NoiseAugmenter
-
-            extra = NoiseAugmenter.from_folder(config.augment_noise, rate)
-        augment = Augment(extra=extra)
+    augment = Augment() if config.augment else None
     train_set = featurize(
         decoded["train"],
         extractor,
@@ -286,6 +277,8 @@ def train(config: TrainConfig) -> Path:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
+    # Per-epoch history before the final evaluation of the best model, which would repeat it.
+    epochs = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
     final = trainer.evaluate()
     if not trainer.is_world_process_zero():
         return Path(config.output)
@@ -297,7 +290,7 @@ def train(config: TrainConfig) -> Path:
             "train_clips": len(decoded["train"]),
             "test_clips": len(test_set),
         },
-        "epochs": [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h],
+        "epochs": epochs,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "labels": labels,
         "max_seconds": max_seconds,
