@@ -71,8 +71,6 @@ class Augment:
     """Random circular time shift of up to this much, either way."""
     probability: float = 0.5
     """Chance that each augmentation is applied to a clip."""
-    extra: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
-    """A further augmentation (e.g. the user's own noise recordings, see --augment-noise)."""
 
     def __call__(self, wave: np.ndarray, rng: np.random.Generator, rate: int) -> np.ndarray:
         factor = rng.uniform(*self.speed)
@@ -87,8 +85,6 @@ class Augment:
             snr = rng.uniform(*self.noise_snr_db)
             noise = rng.standard_normal(wave.size).astype(np.float32)
             wave = wave + noise * np.sqrt(power / 10 ** (snr / 10))
-        if self.extra is not None and rng.random() < self.probability:
-            wave = self.extra(wave, rng)
         return wave.astype(np.float32, copy=False)
 
 
