@@ -294,6 +294,7 @@ def train(config: TrainConfig) -> Path:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "labels": labels,
         "max_seconds": max_seconds,
+        "sampling_rate": rate,
         "world_size": args.world_size,
     }
     out = write_output(trainer, config, metrics)
@@ -356,10 +357,15 @@ Audio classifier trained with [voxclass](https://pypi.org/project/voxclass/) fro
 ```python
 from transformers import pipeline
 import soundfile as sf
+import soxr
 
 clf = pipeline("audio-classification", model="PATH_TO_THIS_FOLDER")
 audio, rate = sf.read("clip.wav", dtype="float32")
-print(clf({{"raw": audio, "sampling_rate": rate}}, top_k=5))
+if audio.ndim == 2:
+    audio = audio.mean(axis=1)  # mono
+# pipeline() resamples only with torchaudio installed: bring the audio to the model's rate
+audio = soxr.resample(audio, rate, {metrics['sampling_rate']})
+print(clf({{"raw": audio, "sampling_rate": {metrics['sampling_rate']}}}, top_k=5))
 ```
 
 or with voxclass: `voxclass predict PATH_TO_THIS_FOLDER clip.wav --top-k 5`.
