@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from .audio import AudioError, load_audio, resample_to
+from .noise import from_recordings, mix_at_snr, white
 
 
 def decode_split(ds: Dataset, sampling_rate: int) -> Dataset:
@@ -66,7 +67,10 @@ class Augment:
     gain_db: float = 6.0
     """Random gain in [-gain_db, +gain_db]."""
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
-    """White noise at a random SNR in this range."""
+    """Noise mixed in at a random SNR in this range (see `noise.mix_at_snr`)."""
+    noises: list[np.ndarray] | None = None
+    """Noise recordings at the model's rate (`--augment-noise DIR`, see `noise.load_recordings`):
+    a random stretch of one of them is mixed in instead of white noise."""
     shift_seconds: float = 0.2
     """Random circular time shift of up to this much, either way."""
     probability: float = 0.5
@@ -81,10 +85,12 @@ class Augment:
         if rng.random() < self.probability and self.shift_seconds > 0:
             wave = np.roll(wave, int(rng.uniform(-1, 1) * self.shift_seconds * rate))
         if rng.random() < self.probability:
-            power = float(np.mean(wave**2)) + 1e-12
             snr = rng.uniform(*self.noise_snr_db)
-            noise = rng.standard_normal(wave.size).astype(np.float32)
-            wave = wave + noise * np.sqrt(power / 10 ** (snr / 10))
+            if self.noises:
+                noise = from_recordings(self.noises, wave.size, rng)
+            else:
+                noise = white(wave.size, rng)
+            wave = mix_at_snr(wave, noise, snr)
         return wave.astype(np.float32, copy=False)
 
 

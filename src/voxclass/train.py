@@ -33,7 +33,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
-from .config import save_config
+from .config import ConfigError, save_config
 from .data import DataConfig, DataError, load_data
 from .features import (
     Augment,
@@ -44,6 +44,7 @@ from .features import (
     min_input_length,
 )
 from .model import ModelError, build_model
+from .noise import load_recordings
 from .presets import PRESETS
 
 
@@ -73,6 +74,9 @@ class TrainConfig(DataConfig):
     """Stop after this many evaluations without a better macro-F1 (0: never)."""
     augment: bool = True
     """Random gain, noise and time shift in training (SpecAugment comes from the model config)."""
+    augment_noise: str | None = None
+    """Folder (or file) of your own noise recordings, mixed into augmented clips instead of white
+    noise (e.g. the room, line or machine noise of the deployment)."""
     augment_copies: int = 3
     """Copies of each training clip featurized before training: the clean clip plus
     augmented ones."""
@@ -110,6 +114,17 @@ def decode_data(dd: DatasetDict, config: TrainConfig, sampling_rate: int) -> Dat
             f"them):\n  " + "\n  ".join(errors[:50]) + more
         )
     return decoded
+
+
+def augmentation(config: TrainConfig, sampling_rate: int) -> Augment | None:
+    """The training augmentation, with the `--augment-noise` recordings loaded once at the
+    model's rate; None with `--augment false` (and then `--augment-noise` is an error)."""
+    if not config.augment:
+        if config.augment_noise:
+            raise ConfigError("--augment-noise needs augmentation on; drop --augment false")
+        return None
+    noises = load_recordings(config.augment_noise, sampling_rate) if config.augment_noise else None
+    return Augment(noises=noises)
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
@@ -229,6 +244,7 @@ def train(config: TrainConfig) -> Path:
     labels = dd["train"].features["label"].names  # sorted, deterministic
     model, extractor = build_model(config.model, labels)
     rate = config.sampling_rate or extractor.sampling_rate
+    augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
     max_seconds = config.max_seconds or max_seconds_for(
         np.asarray(decoded["train"]["length"]), rate
@@ -236,7 +252,6 @@ def train(config: TrainConfig) -> Path:
     freeze_pretrained_encoder(model, from_scratch, config.freeze_feature_encoder)
     model.config.voxclass = {"max_seconds": max_seconds, "sampling_rate": rate}
 
-    augment = Augment() if config.augment else None
     train_set = featurize(
         decoded["train"],
         extractor,
