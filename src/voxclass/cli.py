@@ -189,11 +189,18 @@ def evaluate(
     group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
     group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
     test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
+    snr: str = typer.Option(
+        None, help="Also score with noise mixed in at these SNRs (dB), e.g. 30,24,18,12,6,0."
+    ),
+    noise: str = typer.Option(
+        "white", help="Noises for --snr, comma-separated: white, pink, babble, a file or folder."
+    ),
 ) -> None:
-    """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip."""
+    """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip;
+    with --snr, accuracy under noise per SNR (report.json `noise`, snr.png)."""
     from rich.progress import Progress
 
-    from .evaluate import EvalConfig
+    from .evaluate import EvalConfig, parse_snr
     from .evaluate import evaluate as run_evaluation
 
     base = data_options(
@@ -207,7 +214,15 @@ def evaluate(
         group_pattern,
         test_groups,
     )
-    config = EvalConfig(**vars(base), model=model, split=split, out=out, batch_size=batch_size)
+    config = EvalConfig(
+        **vars(base),
+        model=model,
+        split=split,
+        out=out,
+        batch_size=batch_size,
+        snr=parse_snr(snr) if snr is not None else None,
+        noise=[n for n in noise.split(",") if n],
+    )
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("decoding", total=None)
         report = run_evaluation(config, progress=lambda: progress.advance(task))
@@ -227,6 +242,15 @@ def evaluate(
         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"({report['errors']} of {report['clips']} misclassified) -> {out}/"
     )
+    if "noise" in report:
+        curves = report["noise"]["curves"]
+        table = Table(title="accuracy under noise")
+        table.add_column("SNR dB", justify="right")
+        for name in curves:
+            table.add_column(name, justify="right")
+        for i, snr_db in enumerate(config.snr or []):
+            table.add_row(f"{snr_db:g}", *(f"{c[i]['accuracy']:.4f}" for c in curves.values()))
+        console.print(table)
 
 
 @app.command()

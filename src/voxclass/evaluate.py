@@ -1,5 +1,6 @@
 """`voxclass evaluate`: where does the model fail? Metrics, per-class report, confusion picture,
-and the list of every misclassified clip. Scoring goes through `Classifier`, like predict."""
+the list of every misclassified clip and, with `--snr`, how accuracy falls as noise rises.
+Scoring goes through `Classifier`, like predict; noise is mixed by `noise.py`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ from sklearn.metrics import (
 )
 
 from .audio import AudioError
-from .classifier import Classifier
-from .config import write_atomic
+from .classifier import Classifier, Prediction
+from .config import ConfigError, write_atomic
 from .data import DataConfig, DataError, load_data
+from .noise import Noise, mix_at_snr, power
 
 
 @dataclass
@@ -36,10 +38,34 @@ class EvalConfig(DataConfig):
     """Folder for report.json, report.md, errors.csv and confusion.png."""
     batch_size: int = 16
     """Clips per forward pass."""
+    snr: list[float] | None = None
+    """SNRs (dB) at which each noise is mixed into every clip (power-based over the clip, see
+    `noise.mix_at_snr`) and the clips scored again; None: clean evaluation only. The noise is
+    drawn from `seed`, so the same seed gives the same noisy clips."""
+    noise: list[str] = field(default_factory=lambda: ["white"])
+    """Noises for `snr`, one line each on snr.png: white, pink, babble (other clips of the same
+    split), or a noise recording / folder of recordings."""
 
 
-def score_split(clf: Classifier, ds, batch_size: int, progress: Callable | None = None):
-    """Top-1 predictions of every clip (long clips in windows); all bad files named at once."""
+def parse_snr(text: str) -> list[float]:
+    """`"30,20,10,0,-5"` -> [30.0, 20.0, 10.0, 0.0, -5.0]; ConfigError naming a bad item."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            raise ConfigError(
+                f"--snr {text!r}: {item.strip()!r} is not a number of dB; "
+                "give a comma list like 30,20,10,0,-5"
+            )
+        values.append(value)
+    return values
+
+
+def load_clips(clf: Classifier, ds, progress: Callable | None = None) -> list[np.ndarray]:
+    """Every clip of the split decoded once at the model's rate; all bad files named at once."""
     waves, bad = [], []
     for example in ds:
         try:
@@ -50,7 +76,34 @@ def score_split(clf: Classifier, ds, batch_size: int, progress: Callable | None 
             progress()
     if bad:
         raise DataError(f"{len(bad)} bad audio file(s):\n  " + "\n  ".join(bad))
+    return waves
+
+
+def predict_top1(clf: Classifier, waves: list[np.ndarray], batch_size: int) -> list[Prediction]:
+    """Top-1 prediction of every decoded clip (long clips in windows)."""
     return clf.predict_batch(waves, sampling_rate=clf.sampling_rate, top_k=1, batch_size=batch_size)
+
+
+def noise_curves(
+    clf: Classifier,
+    waves: list[np.ndarray],
+    truth: list[str],
+    noises: list[Noise],
+    config: EvalConfig,
+) -> dict[str, list[dict]]:
+    """Accuracy and macro-F1 with each noise mixed into every clip at each of `config.snr`."""
+    curves = {}
+    for noise in noises:
+        drawn = noise.for_clips(waves, config.seed)
+        curves[noise.name] = []
+        for snr in config.snr or []:
+            mixed = [mix_at_snr(w, n, snr) for w, n in zip(waves, drawn, strict=True)]
+            predicted = [p.labels[0] for p in predict_top1(clf, mixed, config.batch_size)]
+            metrics = compute_report(truth, predicted, clf.labels)
+            curves[noise.name].append(
+                {"snr_db": snr, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+            )
+    return curves
 
 
 def compute_report(truth: list[str], predicted: list[str], labels: list[str]) -> dict:
@@ -73,13 +126,26 @@ def compute_report(truth: list[str], predicted: list[str], labels: list[str]) ->
     }
 
 
-def confusion_png(matrix: np.ndarray, labels: list[str]) -> bytes:
-    """Confusion matrix normalised per true class, counts in the cells, readable at 14+ classes."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def confusion_png(matrix: np.ndarray, labels: list[str]) -> bytes:
+    """Confusion matrix normalised per true class, counts in the cells, readable at 14+ classes."""
+    plt = _pyplot()
     counts = np.asarray(matrix)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(6.0, 0.55 * len(labels) + 2)
@@ -104,10 +170,53 @@ def confusion_png(matrix: np.ndarray, labels: list[str]) -> bytes:
                 )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
+
+
+def snr_png(noise: dict) -> bytes:
+    """Accuracy against SNR, one line per noise type, SNR falling from left to right (from the
+    clean end), and the clean accuracy as a dashed line for reference."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5), dpi=110)
+    ax.axhline(noise["clean"]["accuracy"], color="gray", linestyle="--", label="clean")
+    for name, points in noise["curves"].items():
+        ax.plot([p["snr_db"] for p in points], [p["accuracy"] for p in points], "o-", label=name)
+    ax.invert_xaxis()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy under noise")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def noise_markdown(noise: dict) -> str:
+    """Accuracy / macro-F1 per SNR (rows) and noise type (columns), clean first."""
+    names = list(noise["curves"])
+    snrs = [point["snr_db"] for point in noise["curves"][names[0]]]
+
+    def row(title: str, cells: list[dict]) -> str:
+        return (
+            f"| {title} | "
+            + " | ".join(f"{c['accuracy']:.3f} / {c['macro_f1']:.3f}" for c in cells)
+            + " |"
+        )
+
+    rows = [row("clean", [noise["clean"]] * len(names))] + [
+        row(f"{snr:g} dB", [noise["curves"][n][i] for n in names]) for i, snr in enumerate(snrs)
+    ]
+    silent = noise["silent_clips"]
+    note = f"{silent} silent clip(s) were scored without noise (no level to set it against).\n"
+    return f"""
+## Under noise (accuracy / macro-F1)
+
+| SNR | {" | ".join(names)} |
+|---|{"---|" * len(names)}
+{chr(10).join(rows)}
+
+{note if silent else ""}![accuracy vs SNR](snr.png)
+"""
 
 
 def report_markdown(report: dict, model: str, source: str) -> str:
@@ -126,19 +235,25 @@ def report_markdown(report: dict, model: str, source: str) -> str:
 {rows}
 
 ![confusion matrix](confusion.png)
-"""
+""" + (noise_markdown(report["noise"]) if "noise" in report else "")
 
 
 def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
-    """Score a split and write report.json, report.md, errors.csv and confusion.png."""
+    """Score a split and write report.json, report.md, errors.csv and confusion.png; with
+    `config.snr`, also score it under each noise at each SNR (report.json `noise`, snr.png)."""
+    if config.snr and not config.noise:
+        raise ConfigError("--noise is empty: give white, pink, babble, or a noise file or folder")
     clf = Classifier.load(config.model)
+    # Noise recordings are loaded before the data is decoded: a bad one fails fast.
+    noises = [Noise.load(spec, clf.sampling_rate) for spec in dict.fromkeys(config.noise)]
     dd = load_data(config, label_names=clf.labels)
     if config.split not in dd:
         raise DataError(f"no split '{config.split}' in {config.source} (splits: {', '.join(dd)})")
     ds = dd[config.split]
     names = ds.features["label"].names
     truth = [names[i] for i in ds["label"]]
-    predictions = score_split(clf, ds, config.batch_size, progress)
+    waves = load_clips(clf, ds, progress)
+    predictions = predict_top1(clf, waves, config.batch_size)
     predicted = [p.labels[0] for p in predictions]
     report = compute_report(truth, predicted, clf.labels)
     paths = [a["path"] for a in ds["audio"]]
@@ -148,6 +263,13 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
         if t != p.labels[0]
     ]
     report["errors"] = len(errors)
+    if config.snr:
+        report["noise"] = {
+            "clean": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+            "seed": config.seed,
+            "silent_clips": sum(power(w) == 0 for w in waves),
+            "curves": noise_curves(clf, waves, truth, noises, config),
+        }
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +279,8 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
     writer.writerows((path, t, p, f"{s:.6f}") for path, t, p, s in errors)
     write_atomic(out / "errors.csv", table.getvalue().encode())
     write_atomic(out / "confusion.png", confusion_png(np.array(report["confusion"]), clf.labels))
+    if "noise" in report:
+        write_atomic(out / "snr.png", snr_png(report["noise"]))
     write_atomic(out / "report.md", report_markdown(report, config.model, config.source).encode())
     write_atomic(out / "report.json", json.dumps(report, indent=2).encode())
     return report
