@@ -127,3 +127,15 @@ def test_gain_shift_and_noise_each_change_the_wave_deterministically():
     for kw in ({"gain_db": 6.0}, {"shift_seconds": 0.2}, {"noise_snr_db": (10.0, 10.0)}):
         np.testing.assert_array_equal(run(3, **kw), run(3, **kw))
         assert not np.array_equal(run(3, **kw), run(4, **kw))
+
+
+def test_augment_mixes_in_the_given_noise_recordings_instead_of_white_noise():
+    wave = np.sin(np.arange(8000) / 5).astype(np.float32)
+    hum = np.full(100, 0.3, np.float32)  # a recording whose every stretch is the same constant
+    opts = {"speed": (1.0, 1.0), "probability": 1.0, "gain_db": 0.0, "shift_seconds": 0.0}
+    out = Augment(noise_snr_db=(0.0, 0.0), noises=[hum], **opts)(
+        wave, np.random.default_rng(0), 8000
+    )
+    added = out.astype(np.float64) - wave
+    assert np.ptp(added) < 1e-6  # the constant recording, not white noise
+    assert np.isclose(np.mean(added**2), np.mean(wave.astype(np.float64) ** 2), rtol=1e-3)  # 0 dB

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
-from conftest import TONES, burst, write_local_wav2vec2, write_tone_folder
+from conftest import TONES, burst, tone, write_local_wav2vec2, write_tone_folder
 from transformers import pipeline
 
+from voxclass.config import ConfigError, build_config, parse_overrides
 from voxclass.model import ModelError, build_model
 from voxclass.train import (
     TrainConfig,
+    augmentation,
     class_weighted_loss,
     freeze_pretrained_encoder,
     push,
@@ -130,6 +133,21 @@ def test_pretrained_local_model_trains_reproducibly_with_a_frozen_encoder(tmp_pa
     assert saved["voxclass"]["max_seconds"] == runs[0]["max_seconds"]
     classify = pipeline("audio-classification", model=str(tmp_path / "a"))
     assert len(classify({"raw": burst(300.0, 1.0, 16000), "sampling_rate": 16000})) == 3
+
+
+def test_augment_noise_loads_the_recordings_once_at_the_model_rate(tmp_path):
+    noises = tmp_path / "noises"
+    noises.mkdir()
+    sf.write(noises / "fan.wav", tone(60.0, 0.5, 16000), 16000)
+    sf.write(noises / "street.flac", tone(200.0, 0.25, 8000), 8000)
+    values = parse_overrides(["--augment-noise", str(noises)])
+    config = build_config(TrainConfig, None, {"source": "data", **values})
+    augment = augmentation(config, 8000)
+    assert [len(n) for n in augment.noises] == [4000, 2000]
+    assert augmentation(TrainConfig(source="data"), 8000).noises is None
+    assert augmentation(TrainConfig(source="data", augment=False), 8000) is None
+    with pytest.raises(ConfigError, match="--augment-noise needs augmentation on"):
+        augmentation(TrainConfig(source="data", augment=False, augment_noise=str(noises)), 8000)
 
 
 def test_class_weighted_loss_matches_hand_computation():
