@@ -185,7 +185,9 @@ def evaluate(
     hub_split: str = typer.Option(None, help="Hub split to load."),
     label_column: str = typer.Option("label", help="Label column (MInDS-14: intent_class)."),
     test_size: float = typer.Option(0.2, help="Held-out fraction when there is no test split."),
-    seed: int = typer.Option(42, help="Seed of the held-out split (use the training one)."),
+    seed: int = typer.Option(
+        42, help="Seed of the held-out split (use the training one) and of the --snr noise."
+    ),
     group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
     group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
     test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),

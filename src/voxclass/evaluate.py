@@ -35,7 +35,7 @@ class EvalConfig(DataConfig):
     split: str = "test"
     """Split of the data to score."""
     out: str = "eval"
-    """Folder for report.json, report.md, errors.csv and confusion.png."""
+    """Folder for report.json, report.md, errors.csv, confusion.png (and snr.png with `snr`)."""
     batch_size: int = 16
     """Clips per forward pass."""
     snr: list[float] | None = None
@@ -244,8 +244,9 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
     if config.snr and not config.noise:
         raise ConfigError("--noise is empty: give white, pink, babble, or a noise file or folder")
     clf = Classifier.load(config.model)
-    # Noise recordings are loaded before the data is decoded: a bad one fails fast.
-    noises = [Noise.load(spec, clf.sampling_rate) for spec in dict.fromkeys(config.noise)]
+    noises = []
+    if config.snr:  # noise recordings load before the data is decoded: a bad one fails fast
+        noises = [Noise.load(name, clf.sampling_rate) for name in dict.fromkeys(config.noise)]
     dd = load_data(config, label_names=clf.labels)
     if config.split not in dd:
         raise DataError(f"no split '{config.split}' in {config.source} (splits: {', '.join(dd)})")
