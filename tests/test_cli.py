@@ -1,5 +1,6 @@
 """The command line: user errors are one line and exit code 2; `synth` and `inspect` end to end."""
 
+import json
 import sys
 
 import pytest
@@ -73,3 +74,33 @@ def test_synth_then_inspect(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "inspect", out_dir)
     assert code == 0, err
     assert "pay_bill" in out and "8000 Hz×14" in out
+
+
+def test_evaluate_with_snr_and_noise_list(trained_tone_model, tmp_path, monkeypatch, capsys):
+    data = write_tone_folder(tmp_path / "t", per_class=3, splits=True)
+    out = tmp_path / "eval"
+    args = ["evaluate", trained_tone_model, "--data", data, "--out", out]
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, *args, "--snr", "12,-5", "--noise", "white,pink"
+    )
+    assert code == 0, err
+    assert "accuracy under noise" in stdout and "-5" in stdout
+    noise = json.loads((out / "report.json").read_text())["noise"]
+    assert {k: [p["snr_db"] for p in v] for k, v in noise["curves"].items()} == {
+        "white": [12.0, -5.0],
+        "pink": [12.0, -5.0],
+    }
+    assert (out / "snr.png").stat().st_size > 0
+
+
+def test_evaluate_bad_snr_or_noise_is_one_line_and_exit_2(
+    trained_tone_model, tmp_path, monkeypatch, capsys
+):
+    data = write_tone_folder(tmp_path / "t", per_class=1, splits=True)
+    args = ["evaluate", trained_tone_model, "--data", data, "--out", tmp_path / "eval"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--snr", "30,ten,0")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "--snr '30,ten,0': 'ten' is not a number of dB" in err
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--snr", "0", "--noise", "whte")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "whte: no such noise file or folder" in err

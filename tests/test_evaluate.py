@@ -48,3 +48,46 @@ def test_evaluate_writes_reports_for_a_model_with_known_behaviour(trained_tone_m
     assert "confusion.png" in (out / "report.md").read_text()
     with Image.open(out / "confusion.png") as image:
         assert image.format == "PNG" and min(image.size) > 400
+
+
+def write_tone_test_set(root, per_class: int = 4):
+    """An audiofolder with an explicit test split of tone bursts (used as given)."""
+    for label, freq in TONES.items():
+        (root / "test" / label).mkdir(parents=True)
+        for i in range(per_class):
+            sf.write(root / "test" / label / f"{i}.wav", burst(freq, 1.0, 8000, seed=i), 8000)
+    return root
+
+
+def test_accuracy_under_white_noise_falls_monotonically_with_snr(trained_tone_model, tmp_path):
+    data = write_tone_test_set(tmp_path / "data")
+    # The tones stay recognisable in white noise down to about -10 dB (a narrow-band tone keeps
+    # its own band's SNR high), so the SNRs go on down until the curve drops.
+    snrs = [30.0, 18.0, 6.0, 0.0, -10.0, -20.0, -30.0]
+    out = tmp_path / "eval"
+    config = EvalConfig(
+        source=str(data),
+        model=str(trained_tone_model),
+        out=str(out),
+        snr=snrs,
+        noise=["white", "babble"],
+    )
+    report = evaluate(config)
+    noise = report["noise"]
+    assert noise["clean"] == {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    assert noise["seed"] == config.seed and noise["silent_clips"] == 0
+    assert list(noise["curves"]) == ["white", "babble"]
+    for points in noise["curves"].values():
+        assert [p["snr_db"] for p in points] == snrs
+        assert all(0 <= p["accuracy"] <= 1 and 0 <= p["macro_f1"] <= 1 for p in points)
+    white = [report["accuracy"]] + [p["accuracy"] for p in noise["curves"]["white"]]
+    assert all(later <= earlier for earlier, later in zip(white, white[1:], strict=False)), white
+    assert white[-1] < white[0], f"accuracy never dropped: {white}"
+
+    assert json.loads((out / "report.json").read_text())["noise"] == noise
+    markdown = (out / "report.md").read_text()
+    assert "## Under noise" in markdown and "| -30 dB |" in markdown and "snr.png" in markdown
+    with Image.open(out / "snr.png") as image:
+        assert image.format == "PNG" and min(image.size) > 400
+    again = evaluate(config)  # same seed, same noisy clips, same numbers
+    assert again["noise"] == noise
