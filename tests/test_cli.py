@@ -103,4 +103,21 @@ def test_evaluate_bad_snr_or_noise_is_one_line_and_exit_2(
     assert "--snr '30,ten,0': 'ten' is not a number of dB" in err
     code, _, err = run_cli(monkeypatch, capsys, *args, "--snr", "0", "--noise", "whte")
     assert code == 2 and err.strip().count("\n") == 0
-    assert "whte: no such noise file or folder" in err
+    assert "whte: not white, pink or babble, and no such noise file or folder" in err
+
+
+def test_train_with_augment_noise(tmp_path, monkeypatch, capsys):
+    data = write_tone_folder(tmp_path / "t", per_class=2, splits=True)
+    (tmp_path / "noises").mkdir()
+    sf.write(tmp_path / "noises" / "hum.wav", tone(50.0, 0.5, 16000), 16000)
+    args = ["train", "--data", data, "--model", "tiny", "--max-steps", "2", "--batch-size", "4"]
+    out = tmp_path / "model"
+    code, _, err = run_cli(
+        monkeypatch, capsys, *args, "--output", out, "--augment-noise", tmp_path / "noises"
+    )
+    assert code == 0, err
+    assert f"augment_noise: {tmp_path / 'noises'}" in (out / "voxclass_config.yaml").read_text()
+    code, _, err = run_cli(
+        monkeypatch, capsys, *args, "--output", out, "--augment-noise", tmp_path / "nowhere"
+    )
+    assert code == 2 and "nowhere: no such noise file or folder" in err

@@ -135,8 +135,10 @@ def test_recordings_are_resampled_mono_and_a_folder_is_searched(noise_file, tmp_
 
 
 def test_bad_noise_recordings_are_named_with_the_reason(tmp_path):
-    with pytest.raises(AudioError, match="no such noise file or folder.*white, pink or babble"):
+    with pytest.raises(AudioError, match="whte: not white, pink or babble, and no such noise"):
         Noise.load(str(tmp_path / "whte"), RATE)
+    with pytest.raises(AudioError, match="nowhere: no such noise file or folder"):
+        load_recordings(str(tmp_path / "nowhere"), RATE)
     with pytest.raises(AudioError, match="no noise recordings in this folder"):
         load_recordings(str(tmp_path), RATE)
     (tmp_path / "text.wav").write_text("this is text, not audio")

@@ -118,9 +118,7 @@ def load_recordings(spec: str, sampling_rate: int) -> list[np.ndarray]:
     elif path.is_file():
         files = [path]
     else:
-        raise AudioError(
-            spec, "no such noise file or folder; give a recording, a folder, white, pink or babble"
-        )
+        raise AudioError(spec, "no such noise file or folder")
     recordings, bad = [], []
     for file in files:
         try:
@@ -158,6 +156,8 @@ class Noise:
         """A generated noise by name, else the recordings at path `spec` (see load_recordings)."""
         if spec in GENERATED:
             return cls(spec)
+        if not Path(spec).exists():
+            raise AudioError(spec, "not white, pink or babble, and no such noise file or folder")
         return cls(spec, load_recordings(spec, sampling_rate))
 
     def for_clips(self, clips: list[np.ndarray], seed: int) -> list[np.ndarray]:
