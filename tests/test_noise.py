@@ -8,7 +8,16 @@ from conftest import TONES, burst, tone
 
 from voxclass.audio import AudioError
 from voxclass.data import DataError
-from voxclass.noise import Noise, babble, load_recordings, mix_at_snr, pink, power, white
+from voxclass.noise import (
+    Noise,
+    babble,
+    from_recordings,
+    load_recordings,
+    mix_at_snr,
+    pink,
+    power,
+    white,
+)
 
 RATE = 8000
 SNRS = [30.0, 12.0, 0.0, -5.0, -20.0]
@@ -59,6 +68,15 @@ def test_noise_is_looped_or_cropped_to_the_clip():
     np.testing.assert_allclose(residual[3:6], residual[:3], atol=1e-6)  # looped
     long = np.random.default_rng(0).standard_normal(3 * clean.size)
     assert abs(achieved_snr(clean, mix_at_snr(clean, long, 6.0)) - 6.0) < 0.1  # cropped
+
+
+def test_a_recording_with_pauses_never_gives_a_silent_stretch():
+    paused = np.concatenate([np.zeros(1000), np.ones(10), np.zeros(1000)])
+    clean = tone(440.0, 0.01, RATE)  # 80 samples: most starts fall inside a pause
+    for seed in range(50):
+        stretch = from_recordings([paused], clean.size, np.random.default_rng(seed))
+        assert stretch.any()
+        assert abs(achieved_snr(clean, mix_at_snr(clean, stretch, 0.0))) < 0.1
 
 
 def test_silent_clip_is_left_alone_and_silent_noise_is_an_error():

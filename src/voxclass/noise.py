@@ -138,9 +138,15 @@ def load_recordings(spec: str, sampling_rate: int) -> list[np.ndarray]:
 def from_recordings(
     recordings: list[np.ndarray], length: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """`length` samples of one of `recordings` (chosen at random) from a random start, looped."""
+    """`length` samples of one of `recordings` (chosen at random) from a random start, looped.
+    The stretch is never silent as long as the recording is not."""
     recording = recordings[int(rng.integers(len(recordings)))]
-    return loop_to(recording, length, int(rng.integers(len(recording))))
+    start = int(rng.integers(len(recording)))
+    stretch = loop_to(recording, length, start)
+    if not stretch.any():  # inside a pause of digital silence: start at the next sound instead
+        sound = np.flatnonzero(recording)
+        stretch = loop_to(recording, length, int(sound[np.searchsorted(sound, start) % sound.size]))
+    return stretch
 
 
 @dataclass
