@@ -35,6 +35,8 @@ STATIC = Path(__file__).parent / "static"
 
 @dataclass
 class ModelInfo:
+    """Answer of `GET /v1/model`."""
+
     labels: list[str]
     """Every label the model can answer, in the model's order."""
     sampling_rate: int
@@ -47,6 +49,8 @@ class ModelInfo:
 
 @dataclass
 class Health:
+    """Answer of `GET /health`."""
+
     status: str
     """`ok` once the model is loaded."""
 
@@ -54,8 +58,9 @@ class Health:
 class Batcher:
     """Runs the clips of concurrent requests through the model together.
 
-    On a CPU a forward pass on eight short clips costs little more than on one, so under load a
-    request waits about one forward instead of queueing behind every other request. Requests
+    On a CPU a forward pass on eight short clips costs little more than on one (tiny preset, 1 s
+    clips, one thread: 3.2 ms for one, 5.6 ms for eight), so under load a request waits about
+    one batched forward instead of queueing behind every other request. Requests
     that arrive while a batch runs form the next batch; nothing waits on a timer. One batch runs
     at a time: torch already spreads a forward over all cores.
     """
