@@ -265,6 +265,23 @@ def test_exported_onnx_model_serves_the_same_labels(trained_tone_model, clf, tmp
         np.testing.assert_allclose(answer["scores"], expected.scores, atol=1e-3)
 
 
+def test_the_model_is_loaded_once_for_all_requests(trained_tone_model, monkeypatch):
+    loads: list[Path] = []
+    real_load = Classifier.load.__func__
+
+    def counted_load(cls, path):
+        loads.append(path)
+        return real_load(cls, path)
+
+    monkeypatch.setattr(Classifier, "load", classmethod(counted_load))
+    served = TestClient(create_app(trained_tone_model))
+    clip = wav_bytes(burst(TONES["low"], 1.0, RATE))
+    for _ in range(3):
+        assert served.post("/v1/classify", **upload("l.wav", clip)).status_code == 200
+    assert served.get("/v1/model").status_code == 200
+    assert loads == [trained_tone_model]
+
+
 class GatedClassifier(Classifier):
     """The real tone classifier, but each batch waits for `gate` and its size is recorded."""
 
