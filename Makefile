@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install browser-deps clean
 
 $(BIN)/voxclass: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-test: install lint
+# The browser test drives Debian's chromium through chromedriver; it fails (never skips) without.
+browser-deps:
+	command -v chromedriver >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+
+test: install lint browser-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -336,6 +336,22 @@ def export(
     )
 
 
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it to all)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload (413 above)."),
+    token: str = typer.Option(
+        None, envvar="VOXCLASS_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /v1/."
+    ),
+) -> None:
+    """HTTP API (/v1/classify, /v1/model, /health, /docs) and a web page at / to try the model."""
+    from .serve import serve as run_server
+
+    run_server(model, host=host, port=port, max_upload_mb=max_upload_mb, token=token)
+
+
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr, exit code 2."""
     from datasets.utils.logging import disable_progress_bar
