@@ -92,6 +92,7 @@ def test_pretrained_local_model_trains_reproducibly_with_a_frozen_encoder(tmp_pa
 
     base = write_local_wav2vec2(tmp_path / "w2v")
     data = write_tone_folder(tmp_path / "data", per_class=4, splits=True)
+    write_tone_folder(tmp_path / "data" / "validation", per_class=2)
     runs = []
     for name in ("a", "b"):
         config = TrainConfig(
@@ -106,6 +107,8 @@ def test_pretrained_local_model_trains_reproducibly_with_a_frozen_encoder(tmp_pa
         runs.append(json.loads((out / "metrics.json").read_text()))
     evals = [[e for e in r["epochs"] if "eval_macro_f1" in e] for r in runs]
     assert len(evals[0]) == 2 and runs[0]["world_size"] == 1
+    # epochs are chosen on the validation split; the final figure is on the 12 test clips
+    assert runs[0]["selected_on"] == "validation" and runs[0]["train"]["test_clips"] == 12
     strip = (
         "eval_runtime",
         "eval_samples_per_second",

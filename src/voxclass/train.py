@@ -263,6 +263,14 @@ def train(config: TrainConfig) -> Path:
     )
     # Evaluation batches are padded to their longest clip: sort by length so padding stays small.
     test_set = featurize(decoded["test"], extractor, rate, max_seconds).sort("length")
+    # The best epoch and early stopping are chosen on the validation split when the data has
+    # one, so the final test figure is not selected on the test clips themselves.
+    selected_on = "validation" if "validation" in decoded else "test"
+    eval_set = (
+        featurize(decoded[selected_on], extractor, rate, max_seconds).sort("length")
+        if selected_on != "test"
+        else test_set
+    )
 
     args = training_arguments(config, from_scratch)
     callbacks: list[TrainerCallback] = []
@@ -275,7 +283,7 @@ def train(config: TrainConfig) -> Path:
         args=args,
         data_collator=PadCollator(extractor, min_input_length(model)),
         train_dataset=train_set,
-        eval_dataset=test_set,
+        eval_dataset=eval_set,
         processing_class=extractor,
         compute_metrics=compute_metrics,
         compute_loss_func=class_weighted_loss(train_set, len(labels))
@@ -294,7 +302,7 @@ def train(config: TrainConfig) -> Path:
     seconds = time.perf_counter() - start
     # Per-epoch history before the final evaluation of the best model, which would repeat it.
     epochs = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
-    final = trainer.evaluate()
+    final = trainer.evaluate(test_set)
     if not trainer.is_world_process_zero():
         return Path(config.output)
     metrics = {
@@ -307,6 +315,7 @@ def train(config: TrainConfig) -> Path:
         },
         "epochs": epochs,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "selected_on": selected_on,
         "labels": labels,
         "max_seconds": max_seconds,
         "sampling_rate": rate,
