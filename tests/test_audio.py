@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,11 @@ def test_bytes_and_datasets_dict_decode_like_the_path(tmp_path):
     by_path = load_audio(path, 16000)
     np.testing.assert_array_equal(load_audio(path.read_bytes(), 16000), by_path)
     np.testing.assert_array_equal(load_audio({"bytes": None, "path": str(path)}, 16000), by_path)
+
+
+def test_corrupt_bytes_are_called_corrupt_like_a_corrupt_file(tmp_path):
+    # an upload arrives as bytes: the header check must read them from their start
+    data = _bad(tmp_path, "corrupt").read_bytes()
+    for source in (data, io.BytesIO(data), {"bytes": data, "path": "upload.wav"}):
+        with pytest.raises(AudioError, match="corrupt audio file"):
+            load_audio(source, 16000)

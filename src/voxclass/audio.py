@@ -69,14 +69,13 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(head) and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
 
 
-def _read_head(handle: BinaryIO | str) -> bytes:
+def _read_head(handle: BinaryIO | str, start: int) -> bytes:
+    """The first bytes of the file (from `start`, where it began before soundfile read on)."""
     if isinstance(handle, str):
         with open(handle, "rb") as f:
             return f.read(64)
-    position = handle.tell()
-    head = handle.read(64)
-    handle.seek(position)
-    return head
+    handle.seek(start)
+    return handle.read(64)
 
 
 def decode(source: AudioSource, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
@@ -87,6 +86,7 @@ def decode(source: AudioSource, max_seconds: float | None = None) -> tuple[np.nd
     """
     name = describe_source(source)
     handle = _open(source, name)
+    start = 0 if isinstance(handle, str) else handle.tell()
     try:
         with sf.SoundFile(handle) as f:
             rate, frames = f.samplerate, f.frames
@@ -98,7 +98,7 @@ def decode(source: AudioSource, max_seconds: float | None = None) -> tuple[np.nd
                 )
             wave = f.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
-        head = _read_head(handle)
+        head = _read_head(handle, start)
         if _looks_like_text(head):
             raise AudioError(name, "not audio: the file holds text (is it really audio?)") from None
         if b"RIFF" in head[:4] or b"fLaC" in head[:4] or b"OggS" in head[:4]:
