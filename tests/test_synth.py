@@ -5,7 +5,7 @@ import sys
 
 import soundfile as sf
 
-from voxclass.synth import INTENTS, Espeak, SynthConfig, _variants, plan
+from voxclass.synth import INTENTS, Espeak, SynthConfig, _variants, plan, split_voices
 
 MINDS14 = [
     "abroad",
@@ -38,7 +38,8 @@ def test_intents_and_phrasings():
 
 
 def _synth(out, seed):
-    args = ["--train-per-intent", "2", "--test-per-intent", "1", "--seed", str(seed)]
+    args = ["--train-per-intent", "2", "--validation-per-intent", "1", "--test-per-intent", "1"]
+    args += ["--seed", str(seed)]
     run = subprocess.run(
         [sys.executable, "-m", "voxclass", "synth", str(out), *args],
         capture_output=True,
@@ -53,17 +54,18 @@ def test_synth_is_deterministic_voice_disjoint_telephone_audio(tmp_path):
     # contract is per run: the same --seed gives the same files, bit for bit.
     printed = _synth(tmp_path / "a", 7)
     _synth(tmp_path / "b", 7)
-    assert "wrote 42 clips" in printed and "clips/s" in printed
-    assert len(_digest(tmp_path / "a")) == 42
+    assert "wrote 56 clips" in printed and "clips/s" in printed
+    assert len(_digest(tmp_path / "a")) == 56
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert (tmp_path / "a/metadata.csv").read_bytes() == (tmp_path / "b/metadata.csv").read_bytes()
 
     rows = list(csv.DictReader((tmp_path / "a/metadata.csv").read_text().splitlines()))
-    assert {r["split"] for r in rows} == {"train", "test"}
-    variant = {
-        s: {r["voice"].split("+")[1] for r in rows if r["split"] == s} for s in ("train", "test")
-    }
+    assert {r["split"] for r in rows} == {"train", "validation", "test"}
+    splits = ("train", "validation", "test")
+    variant = {s: {r["voice"].split("+")[1] for r in rows if r["split"] == s} for s in splits}
     assert not variant["train"] & variant["test"]  # test voices never speak in train
+    train_pool, _ = split_voices(_variants(Espeak().data_path), 0.25, seed=7)
+    assert variant["validation"] <= set(train_pool)  # validation: new clips, training voices
     for row in rows:
         path = tmp_path / "a" / row["file_name"]
         assert path.parent.name == row["intent"] and row["text"]

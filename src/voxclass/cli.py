@@ -54,8 +54,13 @@ def data_options(
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., help="Output folder (audiofolder with train/ and test/)."),
+    out: Path = typer.Argument(
+        ..., help="Output folder (audiofolder with train/, validation/ and test/)."
+    ),
     train_per_intent: int = typer.Option(120, help="Training clips per intent."),
+    validation_per_intent: int = typer.Option(
+        10, help="Validation clips per intent (training voices; picks the best epoch)."
+    ),
     test_per_intent: int = typer.Option(30, help="Test clips per intent (unseen voices)."),
     seed: int = typer.Option(0, help="Same seed, same files."),
 ) -> None:
@@ -65,9 +70,13 @@ def synth(
     from .synth import INTENTS, SynthConfig, synthesize
 
     config = SynthConfig(
-        out=out, train_per_intent=train_per_intent, test_per_intent=test_per_intent, seed=seed
+        out=out,
+        train_per_intent=train_per_intent,
+        validation_per_intent=validation_per_intent,
+        test_per_intent=test_per_intent,
+        seed=seed,
     )
-    total = len(INTENTS) * (train_per_intent + test_per_intent)
+    total = len(INTENTS) * (train_per_intent + validation_per_intent + test_per_intent)
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("synthesizing", total=total)
         stats = synthesize(config, progress=lambda: progress.advance(task))

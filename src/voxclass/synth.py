@@ -6,7 +6,8 @@ MInDS-14 intents, said by an English accent + voice variant at a varied rate and
 passed through a telephone channel (300-3400 Hz band, 8 kHz mono, light noise) like MInDS-14.
 
 Test clips use voice variants never used in train, so the test score says something about
-speakers the model has not heard.
+speakers the model has not heard. Validation clips are new clips by the training voices: training
+picks its best epoch on them, so the test split is used once, for the final figure.
 """
 
 from __future__ import annotations
@@ -356,11 +357,13 @@ class SynthConfig:
     """What `voxclass synth` makes."""
 
     out: Path
-    """Output folder: OUT/train/<intent>/*.wav, OUT/test/<intent>/*.wav, OUT/metadata.csv."""
+    """Output folder: OUT/{train,validation,test}/<intent>/*.wav and OUT/metadata.csv."""
     train_per_intent: int = 120
     """Training clips per intent."""
     test_per_intent: int = 30
     """Test clips per intent (spoken by voices never used in train)."""
+    validation_per_intent: int = 10
+    """Validation clips per intent (training voices, new clips; for choosing the best epoch)."""
     test_voice_fraction: float = 0.25
     """Fraction of the voice variants reserved for the test split."""
     seed: int = 0
@@ -454,6 +457,8 @@ def plan(config: SynthConfig, variants: list[str]) -> Iterator[dict]:
     for split, count, pool in (
         ("train", config.train_per_intent, train_variants),
         ("test", config.test_per_intent, test_variants),
+        # after test, so that adding validation clips left the train and test clips unchanged
+        ("validation", config.validation_per_intent, train_variants),
     ):
         for intent, templates in INTENTS.items():
             for i in range(count):
