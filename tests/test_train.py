@@ -67,7 +67,7 @@ def test_defaults_evaluate_and_checkpoint_each_epoch_and_keep_best_by_macro_f1(t
     assert args.eval_strategy == "epoch" and args.save_strategy == "epoch"
     assert args.load_best_model_at_end and args.metric_for_best_model == "macro_f1"
     assert args.save_total_limit == 2 and args.train_sampling_strategy == "group_by_length"
-    assert args.learning_rate == 5e-4 and args.num_train_epochs == 30  # from scratch
+    assert args.learning_rate == 1e-3 and args.num_train_epochs == 30  # from scratch
     pretrained = training_arguments(TrainConfig(source="x"), from_scratch=False)
     assert pretrained.learning_rate == 5e-5 and pretrained.num_train_epochs == 10
     assert Path(args.output_dir) == tmp_path / "m.work" / "checkpoints"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .classifier import Classifier
 from .evaluate import EvalConfig, evaluate
-from .synth import SynthConfig, synthesize
+from .synth import INTENTS, SynthConfig, synthesize
 from .train import TrainConfig, train
 
 
@@ -22,13 +22,17 @@ class DemoConfig:
 
     output: Path = Path("demo")
     """Folder for data/ and model/."""
-    train_per_intent: int = 120
-    """Synthetic training clips per intent."""
+    train_per_intent: int = 360
+    """Synthetic training clips per intent. Each is a new voice/prosody/slot draw: for the
+    same training time, more distinct clips beat augmented copies of fewer (0.62 vs 0.52
+    unseen-voice accuracy after 10 epochs of 5040 clips)."""
+    validation_per_intent: int = 10
+    """Synthetic validation clips per intent (training voices; pick the best epoch)."""
     test_per_intent: int = 30
     """Synthetic test clips per intent (unseen voices)."""
-    epochs: float = 10
-    """Training epochs (each over the clean clips and their augmented copies)."""
-    time_budget_minutes: float = 7.0
+    epochs: float = 22
+    """Training epochs over the clean clips (SpecAugment masks still vary every step)."""
+    time_budget_minutes: float = 8.0
     """Wall-clock bound on training (the best epoch so far is kept)."""
     examples: int = 4
     """Test clips to classify at the end, for show."""
@@ -36,34 +40,53 @@ class DemoConfig:
     """Seed of the data and the training run."""
 
 
+def demo_data(config: DemoConfig) -> SynthConfig:
+    """The demo's synthetic data set."""
+    return SynthConfig(
+        out=config.output / "data",
+        train_per_intent=config.train_per_intent,
+        validation_per_intent=config.validation_per_intent,
+        test_per_intent=config.test_per_intent,
+        seed=config.seed,
+    )
+
+
+def demo_training(config: DemoConfig, data: Path, output: Path) -> TrainConfig:
+    """The demo's training run (also the voxclass side of benchmarks/recipe_vs_seed.py)."""
+    return TrainConfig(
+        source=str(data),
+        model="tiny",
+        output=str(output),
+        seed=config.seed,
+        epochs=config.epochs,
+        augment_copies=1,
+        time_budget_minutes=config.time_budget_minutes,
+    )
+
+
+def _clip_count(metadata: Path) -> int:
+    with open(metadata) as f:
+        return sum(1 for _ in f) - 1  # minus the header
+
+
 def run_demo(config: DemoConfig, log=print) -> dict:
     """Run the loop; return timings and the test metrics."""
     start = time.perf_counter()
-    data, model = config.output / "data", config.output / "model"
-    if (data / "metadata.csv").exists():
+    synth_config = demo_data(config)
+    data, model = synth_config.out, config.output / "model"
+    expected = len(INTENTS) * (
+        synth_config.train_per_intent
+        + synth_config.validation_per_intent
+        + synth_config.test_per_intent
+    )
+    if (data / "metadata.csv").exists() and _clip_count(data / "metadata.csv") == expected:
         log(f"reusing synthetic data in {data}")
     else:
-        stats = synthesize(
-            SynthConfig(
-                out=data,
-                train_per_intent=config.train_per_intent,
-                test_per_intent=config.test_per_intent,
-                seed=config.seed,
-            )
-        )
+        stats = synthesize(synth_config)
         log(f"synthesized {stats['clips']} clips ({stats['clips_per_second']:.0f} clips/s)")
     synth_seconds = time.perf_counter() - start
     log(f"training the tiny preset (at most {config.time_budget_minutes:g} min of training)")
-    train(
-        TrainConfig(
-            source=str(data),
-            model="tiny",
-            output=str(model),
-            seed=config.seed,
-            epochs=config.epochs,
-            time_budget_minutes=config.time_budget_minutes,
-        )
-    )
+    train(demo_training(config, data, model))
     train_seconds = time.perf_counter() - start - synth_seconds
     log("evaluating on the test split (voices never heard in training)")
     report = evaluate(

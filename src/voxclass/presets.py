@@ -23,15 +23,17 @@ ModelSpec = tuple[PretrainedConfig, FeatureExtractionMixin]
 
 
 def _w2v_bert(
-    hidden: int, layers: int, heads: int, rate: int, mel_bins: int, stride: int
+    hidden: int, layers: int, heads: int, rate: int, mel_bins: int, stride: int, ffn: int = 4
 ) -> ModelSpec:
     """A Wav2Vec2-BERT conformer on log-mel features. `stride` stacks frames (10 ms hop at
-    16 kHz, 20 ms at 8 kHz): fewer, wider frames make a small model much cheaper per clip."""
+    16 kHz, 20 ms at 8 kHz): fewer, wider frames make a small model much cheaper per clip.
+    `ffn` is the feed-forward width in multiples of `hidden` (the two feed-forward blocks of
+    each conformer layer take most of its compute)."""
     config = Wav2Vec2BertConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=hidden * 4,
+        intermediate_size=hidden * ffn,
         output_hidden_size=hidden,
         classifier_proj_size=hidden,
         feature_projection_input_dim=mel_bins * stride,
@@ -79,8 +81,11 @@ def _w2v2(hidden: int, layers: int, heads: int) -> ModelSpec:
 
 PRESETS: dict[str, Callable[[], ModelSpec]] = {
     # Telephone-band speech (8 kHz like MInDS-14): 40 mel bins are wide enough to smooth out
-    # pitch harmonics (speaker identity) yet resolve formants; 12.5 frames/s.
-    "tiny": lambda: _w2v_bert(hidden=128, layers=3, heads=4, rate=8000, mel_bins=40, stride=4),
+    # pitch harmonics (speaker identity) yet resolve formants; 12.5 frames/s. Feed-forward 2x
+    # wide: on the demo data it learned as well per epoch as 4x, for about a third less time.
+    "tiny": lambda: _w2v_bert(
+        hidden=128, layers=3, heads=4, rate=8000, mel_bins=40, stride=4, ffn=2
+    ),
     # Wideband audio (16 kHz): 80 mel bins, 25 frames/s, a larger conformer.
     "small": lambda: _w2v_bert(hidden=256, layers=6, heads=4, rate=16000, mel_bins=80, stride=4),
     "tiny-wav2vec2": lambda: _w2v2(hidden=144, layers=4, heads=4),

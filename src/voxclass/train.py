@@ -61,7 +61,7 @@ class TrainConfig(DataConfig):
     epochs: float | None = None
     """Default 30 for a preset trained from scratch, 10 for a pretrained model."""
     learning_rate: float | None = None
-    """Default 5e-4 for a preset trained from scratch, 5e-5 for a pretrained model."""
+    """Default 1e-3 for a preset trained from scratch, 5e-5 for a pretrained model."""
     batch_size: int = 16
     """Per device."""
     grad_accum: int = 1
@@ -208,7 +208,8 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         output_dir=str(work_dir(config) / "checkpoints"),
         num_train_epochs=config.epochs or (30 if from_scratch else 10),
         max_steps=config.max_steps,
-        learning_rate=config.learning_rate or (5e-4 if from_scratch else 5e-5),
+        # From scratch, 1e-3 learned twice as fast as 5e-4 on the demo data; 2e-3 diverged.
+        learning_rate=config.learning_rate or (1e-3 if from_scratch else 5e-5),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size * 2,
         gradient_accumulation_steps=config.grad_accum,

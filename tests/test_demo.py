@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from voxclass.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
+    config = DemoConfig(
+        output=tmp_path / "demo",
+        train_per_intent=2,
+        validation_per_intent=1,
+        test_per_intent=1,
+        epochs=1,
+        examples=2,
+    )
+    logged: list[str] = []
+    result = run_demo(config, log=logged.append)
+    assert any(line.startswith("synthesized 56 clips") for line in logged)
+    assert (tmp_path / "demo/model/config.json").is_file()
+    report = json.loads((tmp_path / "demo/eval/report.json").read_text())
+    assert report["clips"] == 14  # the unseen-voice test split, one clip per intent
+    assert result["report"]["accuracy"] == report["accuracy"]
+    metrics = json.loads((tmp_path / "demo/model/metrics.json").read_text())
+    assert metrics["selected_on"] == "validation"
+    assert len(result["predictions"]) == 2
+    assert all(p.labels[0] in report["labels"] for p in result["predictions"])
+
+    logged.clear()
+    run_demo(config, log=logged.append)  # same data set: not synthesized again
+    assert any(line.startswith("reusing synthetic data") for line in logged)
+    logged.clear()
+    run_demo(DemoConfig(**{**vars(config), "test_per_intent": 2}), log=logged.append)
+    assert any(line.startswith("synthesized 70 clips") for line in logged)  # another data set
