@@ -67,13 +67,12 @@ def test_inspect_group_options(fsdd, monkeypatch, capsys):
 
 def test_synth_then_inspect(tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "s"
-    code, out, _ = run_cli(
-        monkeypatch, capsys, "synth", out_dir, "--train-per-intent", "1", "--test-per-intent", "1"
-    )
-    assert code == 0 and "wrote 28 clips" in out and "clips/s" in out
+    counts = ["--train-per-intent", "1", "--validation-per-intent", "1", "--test-per-intent", "1"]
+    code, out, _ = run_cli(monkeypatch, capsys, "synth", out_dir, *counts)
+    assert code == 0 and "wrote 42 clips" in out and "clips/s" in out
     code, out, err = run_cli(monkeypatch, capsys, "inspect", out_dir)
     assert code == 0, err
-    assert "pay_bill" in out and "8000 Hz×14" in out
+    assert "pay_bill" in out and "8000 Hz×14" in out and "validation" in out
 
 
 def test_evaluate_with_snr_and_noise_list(trained_tone_model, tmp_path, monkeypatch, capsys):
