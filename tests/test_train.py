@@ -286,6 +286,7 @@ def test_multi_label_training_writes_a_sigmoid_model_with_set_metrics(tmp_path):
     final = metrics["final"]
     assert 0 <= final["accuracy"] <= 1 and 0 <= final["macro_f1"] <= 1
     assert metrics["labels"] == ["high", "low", "mid"] and metrics["train"]["test_clips"] == 5
+    assert "**Multi-label:**" in (out / "README.md").read_text()
     # plain transformers reads problem_type too: independent sigmoids, not a softmax
     classify = pipeline("audio-classification", model=str(out))
     scores = [s["score"] for s in classify({"raw": burst(300.0, 1.0, 8000), "sampling_rate": 8000})]

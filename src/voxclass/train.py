@@ -395,6 +395,12 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
 def model_card(config: TrainConfig, metrics: dict) -> str:
     final = metrics["final"]
     labels = ", ".join(f"`{x}`" for x in metrics["labels"])
+    multi = (
+        "\n- **Multi-label:** each label scored by its own sigmoid; accuracy is exact match of "
+        "the label set, a label counting as present above 0.5"
+        if config.multi_label
+        else ""
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -405,7 +411,7 @@ tags: [voxclass, audio-classification]
 Audio classifier trained with [voxclass](https://pypi.org/project/voxclass/) from
 `{config.model}` on `{config.source}`.
 
-- **Labels ({len(metrics["labels"])}):** {labels}
+- **Labels ({len(metrics["labels"])}):** {labels}{multi}
 - **Test accuracy:** {final.get("accuracy", float("nan")):.4f}
 - **Test macro-F1:** {final.get("macro_f1", float("nan")):.4f}
 - **Clips:** {metrics["train"]["train_clips"]} train, {metrics["train"]["test_clips"]} test
