@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import tone, write_tone_folder
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import ClassLabel, Dataset, Features, List, Value
 
 from voxclass.data import (
     DataConfig,
@@ -186,3 +186,20 @@ def test_multi_label_group_split_keeps_groups_apart(tmp_path):
     dd = load_data(config)
     assert not set(dd["train"]["group"]) & set(dd["test"]["group"])
     assert len(set(dd["test"]["group"])) == 1
+
+
+def test_multi_label_hub_split_reads_label_lists_and_separated_text(tmp_path):
+    sf.write(tmp_path / "0.wav", tone(300, 0.5, 8000), 8000)
+    clip = {"bytes": (tmp_path / "0.wav").read_bytes(), "path": "0.wav"}
+    audio = {"bytes": Value("binary"), "path": Value("string")}
+    config = DataConfig(source="org/sounds", multi_label=True)
+    listed = Dataset.from_dict(
+        {"audio": [clip, clip], "label": [[2, 0], [1]]},
+        features=Features({"audio": audio, "label": List(ClassLabel(names=["z", "b", "a"]))}),
+    )
+    assert normalize_hub_split(listed, config)["label"] == [["a", "z"], ["b"]]
+    text = Dataset.from_dict(
+        {"audio": [clip], "label": ["siren;dog"]},
+        features=Features({"audio": audio, "label": Value("string")}),
+    )
+    assert normalize_hub_split(text, config)["label"] == [["dog", "siren"]]

@@ -115,8 +115,13 @@ def test_evaluate_scores_a_multi_label_model_by_label_sets(tmp_path):
     extractor.save_pretrained(tmp_path / "model")
     manifest = write_tone_mix_manifest(tmp_path / "data", per_set=2)
     out = tmp_path / "eval"
-    config = EvalConfig(source=str(manifest), model=str(tmp_path / "model"), out=str(out))
+    config = EvalConfig(
+        source=str(manifest), model=str(tmp_path / "model"), out=str(out), snr=[10.0, -10.0]
+    )
     report = evaluate(config)  # multi_label comes from the model, not the config
+    curve = report.pop("noise")["curves"]["white"]
+    assert [p["snr_db"] for p in curve] == [10.0, -10.0]
+    assert all(0 <= p["accuracy"] <= 1 and 0 <= p["macro_f1"] <= 1 for p in curve)
 
     clf = Classifier.load(tmp_path / "model")
     ds = load_data(DataConfig(source=str(manifest), multi_label=True))["test"]
