@@ -46,6 +46,25 @@ def write_tone_folder(root: Path, per_class: int = 6, rate: int = 8000, splits: 
     return root
 
 
+TONE_SETS = [("low",), ("mid",), ("high",), ("high", "low"), ("low", "mid"), ("high", "mid")]
+
+
+def write_tone_mix_manifest(root: Path, per_set: int = 4, rate: int = 8000) -> Path:
+    """A multi-label CSV manifest: bursts of one tone or of two tones mixed, labelled with
+    every tone they contain (`high;low`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["path,label"]
+    for labels in TONE_SETS:
+        for i in range(per_set):
+            seconds = 0.5 + 0.25 * (i % 4)
+            wave = sum(burst(TONES[x], seconds, rate, seed=i) for x in labels) / len(labels)
+            name = f"{'+'.join(labels)}_{i}.wav"
+            sf.write(root / name, wave.astype(np.float32), rate)
+            rows.append(f"{name},{';'.join(labels)}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"
+
+
 @pytest.fixture
 def tone_folder(tmp_path: Path) -> Path:
     return write_tone_folder(tmp_path / "tones")

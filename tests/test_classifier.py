@@ -67,3 +67,21 @@ def test_array_needs_rate_and_bad_files_are_named(trained_tone_model, tmp_path):
     (tmp_path / "bad.wav").write_text("hello")
     with pytest.raises(AudioError, match="bad.wav"):
         clf.predict(tmp_path / "bad.wav")
+
+
+def test_multi_label_model_scores_each_label_with_its_own_sigmoid(tmp_path):
+    model, extractor = build_model(
+        "tiny", ["a", "b", "c"], problem_type="multi_label_classification"
+    )
+    model.eval().save_pretrained(tmp_path)
+    extractor.save_pretrained(tmp_path)
+    clf = Classifier.load(tmp_path)
+    assert clf.multi_label
+    waves = [burst(freq, 1.0, clf.sampling_rate, seed=i) for i, freq in enumerate(TONES.values())]
+    logits = clf._forward(waves[:1])[0]
+    probs = clf.probabilities(waves)
+    np.testing.assert_allclose(probs[0], 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    assert not np.allclose(probs.sum(axis=1), 1.0)
+    top = clf.predict(waves[0], sampling_rate=clf.sampling_rate, top_k=3)
+    assert top.scores == sorted(top.scores, reverse=True)
+    assert top.labels == [clf.labels[i] for i in np.argsort(-probs[0], kind="stable")]

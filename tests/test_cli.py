@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import soundfile as sf
-from conftest import tone, write_tone_folder
+from conftest import tone, write_tone_folder, write_tone_mix_manifest
 
 from voxclass import cli
 
@@ -120,3 +120,28 @@ def test_train_with_augment_noise(tmp_path, monkeypatch, capsys):
         monkeypatch, capsys, *args, "--output", out, "--augment-noise", tmp_path / "nowhere"
     )
     assert code == 2 and "nowhere: no such noise file or folder" in err
+
+
+def test_multi_label_inspect_train_and_evaluate(tmp_path, monkeypatch, capsys):
+    manifest = write_tone_mix_manifest(tmp_path / "data", per_set=2)
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", manifest, "--multi-label")
+    assert code == 0, err
+    low = next(x for x in out.splitlines() if x.strip("│ ").startswith("low"))
+    assert sum(int(w) for w in low.replace("│", " ").split()[1:]) == 6  # clips with a low tone
+
+    model = tmp_path / "model"
+    args = ["train", "--data", manifest, "--model", "tiny", "--output", model, "--max-steps", "2"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--multi-label", "true")
+    assert code == 0, err
+    assert json.loads((model / "config.json").read_text())["problem_type"] == (
+        "multi_label_classification"
+    )
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--multi-label", "--class-weights", "true")
+    assert code == 2 and "drop --class-weights" in err
+
+    eval_out = tmp_path / "eval"
+    code, out, err = run_cli(
+        monkeypatch, capsys, "evaluate", model, "--data", manifest, "--out", eval_out
+    )
+    assert code == 0, err
+    assert "macro-F1" in out and (eval_out / "report.json").is_file()

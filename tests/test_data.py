@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import tone, write_tone_folder
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import ClassLabel, Dataset, Features, List, Value
 
-from voxclass.data import DataConfig, DataError, load_data, normalize_hub_split, summarize
+from voxclass.data import (
+    DataConfig,
+    DataError,
+    is_multi_label,
+    label_names,
+    load_data,
+    normalize_hub_split,
+    summarize,
+)
 
 
 def _pairs(dd):
@@ -127,3 +135,71 @@ def test_summary_lists_every_bad_file(tmp_path):
     durations = [s.durations for s in summaries.values()]
     assert all(0.5 <= d[0] <= d[1] <= d[2] <= 1.5 for d in durations)
     assert np.all([list(s.sample_rates) == [8000] for s in summaries.values()])
+
+
+def _multi_manifest(root: Path, cells: list[str], name: str = "m.csv") -> Path:
+    """A CSV manifest of 0.5 s tones, one row per label cell."""
+    with open(root / name, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for i, cell in enumerate(cells):
+            sf.write(root / f"{i}.wav", tone(300 + 100 * i, 0.5, 8000), 8000)
+            writer.writerow([f"{i}.wav", cell])
+    return root / name
+
+
+def test_multi_label_manifest_gives_label_sets_with_sorted_names(tmp_path):
+    cells = ["dog;siren", "siren", "dog", "cat; dog", "siren;dog", "cat"] * 2
+    dd = load_data(DataConfig(source=str(_multi_manifest(tmp_path, cells)), multi_label=True))
+    assert is_multi_label(dd["train"]) and label_names(dd["test"]) == ["cat", "dog", "siren"]
+    names = label_names(dd["train"])
+    sets = sorted(tuple(names[i] for i in ids) for split in dd.values() for ids in split["label"])
+    expected = sorted(tuple(sorted(c.replace(" ", "").split(";"))) for c in cells)
+    assert sets == expected
+    assert len(dd["test"]) == 3  # seeded random 20 % split: label sets cannot be stratified
+    again = load_data(DataConfig(source=str(tmp_path / "m.csv"), multi_label=True))
+    assert dd["test"]["audio"] == again["test"]["audio"]
+    summaries, _ = summarize(dd)
+    assert sum(s.class_counts["dog"] for s in summaries.values()) == 8
+
+
+def test_multi_label_empty_label_and_audiofolder_are_errors(tmp_path, tone_folder):
+    manifest = _multi_manifest(tmp_path, ["dog;siren", "dog;;siren"])
+    with pytest.raises(DataError, match=r"m.csv, line 3: empty label in 'dog;;siren'"):
+        load_data(DataConfig(source=str(manifest), multi_label=True))
+    (tmp_path / "m.jsonl").write_text('{"path": "0.wav", "label": []}\n')
+    with pytest.raises(DataError, match=r"m.jsonl, line 1: empty label"):
+        load_data(DataConfig(source=str(tmp_path / "m.jsonl"), multi_label=True))
+    with pytest.raises(DataError, match="audiofolder gives one label per clip"):
+        load_data(DataConfig(source=str(tone_folder), multi_label=True))
+
+
+def test_multi_label_group_split_keeps_groups_apart(tmp_path):
+    cells = ["a;b", "a", "b", "b;a"] * 3
+    manifest = _multi_manifest(tmp_path, cells)
+    rows = list(csv.DictReader(manifest.open()))
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "label", "speaker"])
+        writer.writeheader()
+        writer.writerows({**r, "speaker": f"s{i % 4}"} for i, r in enumerate(rows))
+    config = DataConfig(source=str(manifest), multi_label=True, group_by="speaker", test_size=0.25)
+    dd = load_data(config)
+    assert not set(dd["train"]["group"]) & set(dd["test"]["group"])
+    assert len(set(dd["test"]["group"])) == 1
+
+
+def test_multi_label_hub_split_reads_label_lists_and_separated_text(tmp_path):
+    sf.write(tmp_path / "0.wav", tone(300, 0.5, 8000), 8000)
+    clip = {"bytes": (tmp_path / "0.wav").read_bytes(), "path": "0.wav"}
+    audio = {"bytes": Value("binary"), "path": Value("string")}
+    config = DataConfig(source="org/sounds", multi_label=True)
+    listed = Dataset.from_dict(
+        {"audio": [clip, clip], "label": [[2, 0], [1]]},
+        features=Features({"audio": audio, "label": List(ClassLabel(names=["z", "b", "a"]))}),
+    )
+    assert normalize_hub_split(listed, config)["label"] == [["a", "z"], ["b"]]
+    text = Dataset.from_dict(
+        {"audio": [clip], "label": ["siren;dog"]},
+        features=Features({"audio": audio, "label": Value("string")}),
+    )
+    assert normalize_hub_split(text, config)["label"] == [["dog", "siren"]]

@@ -3,10 +3,13 @@ import json
 
 import numpy as np
 import soundfile as sf
-from conftest import TONES, burst
+from conftest import TONES, burst, write_tone_mix_manifest
 from PIL import Image
 
-from voxclass.evaluate import EvalConfig, compute_report, evaluate
+from voxclass import Classifier
+from voxclass.data import DataConfig, load_data
+from voxclass.evaluate import EvalConfig, compute_multi_label_report, compute_report, evaluate
+from voxclass.model import build_model
 
 
 def test_report_numbers_match_a_known_answer():
@@ -91,3 +94,49 @@ def test_accuracy_under_white_noise_falls_monotonically_with_snr(trained_tone_mo
         assert image.format == "PNG" and min(image.size) > 400
     again = evaluate(config)  # same seed, same noisy clips, same numbers
     assert again["noise"] == noise
+
+
+def test_multi_label_report_numbers_match_a_known_answer():
+    truth = [["a", "b"], ["a"], ["b", "c"], ["c"]]
+    predicted = [["a", "b"], ["a", "c"], ["b"], ["c"]]
+    report = compute_multi_label_report(truth, predicted, ["a", "b", "c"])
+    assert report["accuracy"] == 2 / 4  # exact match of the whole set
+    # a: P 1 R 1; b: P 1 R 1; c: P 1/2 R 1/2
+    assert np.isclose(report["macro_f1"], np.mean([1.0, 1.0, 0.5]))
+    assert report["per_class"]["c"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert "confusion" not in report and report["multi_label"] == {"threshold": 0.5}
+
+
+def test_evaluate_scores_a_multi_label_model_by_label_sets(tmp_path):
+    model, extractor = build_model(
+        "tiny", ["high", "low", "mid"], problem_type="multi_label_classification"
+    )
+    model.eval().save_pretrained(tmp_path / "model")
+    extractor.save_pretrained(tmp_path / "model")
+    manifest = write_tone_mix_manifest(tmp_path / "data", per_set=2)
+    out = tmp_path / "eval"
+    config = EvalConfig(
+        source=str(manifest), model=str(tmp_path / "model"), out=str(out), snr=[10.0, -10.0]
+    )
+    report = evaluate(config)  # multi_label comes from the model, not the config
+    curve = report.pop("noise")["curves"]["white"]
+    assert [p["snr_db"] for p in curve] == [10.0, -10.0]
+    assert all(0 <= p["accuracy"] <= 1 and 0 <= p["macro_f1"] <= 1 for p in curve)
+
+    clf = Classifier.load(tmp_path / "model")
+    ds = load_data(DataConfig(source=str(manifest), multi_label=True))["test"]
+    waves = [clf.load_wave(a) for a in ds["audio"]]
+    truth = [sorted(clf.labels[i] for i in ids) for ids in ds["label"]]
+    chosen = [
+        sorted(clf.labels[i] for i in np.flatnonzero(p > 0.5)) for p in clf.probabilities(waves)
+    ]
+    assert report == {
+        **compute_multi_label_report(truth, chosen, clf.labels),
+        "errors": sum(t != c for t, c in zip(truth, chosen, strict=True)),
+    }
+    lines = (out / "errors.csv").read_text().splitlines()
+    assert lines[0] == "path,true_labels,predicted_labels,scores"
+    assert len(lines) == 1 + report["errors"]
+    assert not (out / "confusion.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert "exact-match accuracy" in markdown and "confusion.png" not in markdown

@@ -11,7 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import TONES, burst, tone, write_local_wav2vec2, write_tone_folder
+from conftest import (
+    TONES,
+    burst,
+    tone,
+    write_local_wav2vec2,
+    write_tone_folder,
+    write_tone_mix_manifest,
+)
 from transformers import pipeline
 
 from voxclass.config import ConfigError, build_config, parse_overrides
@@ -21,6 +28,8 @@ from voxclass.train import (
     augmentation,
     class_weighted_loss,
     freeze_pretrained_encoder,
+    loss_function,
+    multi_label_loss,
     push,
     train,
     training_arguments,
@@ -255,3 +264,60 @@ def test_torchrun_two_processes_write_one_coherent_model(tmp_path):
     assert leftovers == []
     classify = pipeline("audio-classification", model=str(out))
     assert len(classify({"raw": np.zeros(8000, np.float32), "sampling_rate": 8000})) == 3
+
+
+@pytest.mark.slow
+def test_multi_label_training_writes_a_sigmoid_model_with_set_metrics(tmp_path):
+    manifest = write_tone_mix_manifest(tmp_path / "data", per_set=4)
+    config = TrainConfig(
+        source=str(manifest),
+        multi_label=True,
+        model="tiny",
+        output=str(tmp_path / "model"),
+        epochs=3,
+        batch_size=4,
+        augment_copies=1,
+    )
+    out = train(config)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["problem_type"] == "multi_label_classification"
+    assert saved["id2label"] == {"0": "high", "1": "low", "2": "mid"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = metrics["final"]
+    assert 0 <= final["accuracy"] <= 1 and 0 <= final["macro_f1"] <= 1
+    assert metrics["labels"] == ["high", "low", "mid"] and metrics["train"]["test_clips"] == 5
+    assert "**Multi-label:**" in (out / "README.md").read_text()
+    # plain transformers reads problem_type too: independent sigmoids, not a softmax
+    classify = pipeline("audio-classification", model=str(out))
+    scores = [s["score"] for s in classify({"raw": burst(300.0, 1.0, 8000), "sampling_rate": 8000})]
+    assert len(scores) == 3 and not np.isclose(sum(scores), 1.0)
+
+
+def test_multi_label_loss_is_per_label_bce_and_refuses_class_weights():
+    from datasets import ClassLabel, Dataset, Features, List
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    out = type("Out", (), {"logits": logits})()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, hot)
+    assert torch.isclose(multi_label_loss(out, hot), expected)
+    # with gradient accumulation the Trainer passes the count of multi-hot entries
+    assert torch.isclose(multi_label_loss(out, hot, num_items_in_batch=12), expected / 2)
+    features = Features({"label": List(ClassLabel(names=["a", "b", "c"]))})
+    multi = Dataset.from_dict({"label": [[0, 2], [1]]}, features=features)
+    assert loss_function(TrainConfig(source="x"), multi, 3) is multi_label_loss
+    with pytest.raises(ConfigError, match="--class-weights .* drop --class-weights"):
+        loss_function(TrainConfig(source="x", class_weights=True), multi, 3)
+
+
+def test_collator_sends_multi_hot_float_labels():
+    from voxclass.features import PadCollator
+
+    _, extractor = build_model("tiny", ["a", "b", "c"])
+    inputs = np.zeros((5, extractor.feature_size * extractor.stride), np.float32)
+    examples = [{"inputs": inputs, "label": np.array([0, 2])}, {"inputs": inputs, "label": [1]}]
+    labels = PadCollator(extractor, num_labels=3)(examples)["labels"]
+    assert labels.dtype == torch.float32
+    assert labels.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    single = PadCollator(extractor)([{"inputs": inputs, "label": 2}])["labels"]
+    assert single.dtype == torch.int64 and single.tolist() == [2]

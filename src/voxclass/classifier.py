@@ -100,7 +100,9 @@ class Classifier:
         ]
 
     def probabilities(self, waves: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
-        """(N, n_labels) probabilities for mono float32 waves at `self.sampling_rate`."""
+        """(N, n_labels) probabilities for mono float32 waves at `self.sampling_rate`: a softmax
+        over the labels, or for a multi-label model (`problem_type` multi_label_classification)
+        an independent sigmoid per label, so a clip's scores need not sum to 1."""
         out = np.zeros((len(waves), len(self.labels)), np.float32)
         for batch in self._batches([len(w) for w in waves], batch_size):
             logits = self._forward([waves[i] for i in batch])

@@ -38,6 +38,8 @@ def data_options(
     group_by: str | None,
     group_pattern: str | None,
     test_groups: str | None,
+    multi_label: bool = False,
+    label_separator: str = ";",
 ) -> DataConfig:
     return DataConfig(
         source=source,
@@ -49,6 +51,8 @@ def data_options(
         group_by=group_by,
         group_pattern=group_pattern,
         test_groups=[g for g in (test_groups or "").split(",") if g],
+        multi_label=multi_label,
+        label_separator=label_separator,
     )
 
 
@@ -98,6 +102,10 @@ def inspect(
     group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
     test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
     max_seconds: float = typer.Option(600.0, help="Clips longer than this are reported bad."),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Several labels per clip in a manifest cell (dog;siren)."
+    ),
+    label_separator: str = typer.Option(";", help="Separates a cell's labels (--multi-label)."),
 ) -> None:
     """Per-split class counts, durations, sample rates, channels; lists every bad file."""
     from .data import load_data, summarize
@@ -112,6 +120,8 @@ def inspect(
         group_by,
         group_pattern,
         test_groups,
+        multi_label=multi_label,
+        label_separator=label_separator,
     )
     summaries, bad = summarize(load_data(config), max_seconds=max_seconds)
     labels = list(next(iter(summaries.values())).class_counts)
@@ -164,7 +174,8 @@ def train(
     resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint."),
 ) -> None:
     """Train a classifier. Any TrainConfig field is also an option: --epochs 5 --batch-size 8,
-    --group-pattern REGEX, --class-weights true, ... (see docs: voxclass/train.py TrainConfig)."""
+    --group-pattern REGEX, --class-weights true, --multi-label true, ... (see docs:
+    voxclass/train.py TrainConfig)."""
     from .config import build_config, parse_overrides
     from .train import TrainConfig
     from .train import train as run_training
@@ -206,6 +217,9 @@ def evaluate(
     noise: str = typer.Option(
         "white", help="Noises for --snr, comma-separated: white, pink, babble, a file or folder."
     ),
+    label_separator: str = typer.Option(
+        ";", help="Separates a manifest cell's labels for a multi-label model."
+    ),
 ) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip;
     with --snr, accuracy under noise per SNR (report.json `noise`, snr.png)."""
@@ -224,6 +238,7 @@ def evaluate(
         group_by,
         group_pattern,
         test_groups,
+        label_separator=label_separator,
     )
     config = EvalConfig(
         **vars(base),

@@ -3,9 +3,11 @@
 Every source (a Hub dataset, an audiofolder, a CSV/JSONL manifest) becomes splits with:
   audio  `Audio(decode=False)`: {"bytes", "path"}; decoded later by `audio.load_audio`
          (datasets 5.x would need torchcodec + ffmpeg to decode)
-  label  `ClassLabel` with names sorted, so label ids are the same on every machine
+  label  `ClassLabel` with names sorted, so label ids are the same on every machine;
+         with `multi_label`, `List(ClassLabel)`: the ids of every label of the clip
   group  (only when --group-by / --group-pattern is given) e.g. the speaker
-Where the source has no test split, one is made: stratified by label, or by group when asked.
+Where the source has no test split, one is made: stratified by label, or by group when asked
+(a multi-label split is seeded random, as label sets cannot be stratified).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from .audio import AudioError, decode, is_audio_path
 
@@ -59,6 +61,11 @@ class DataConfig:
     `^\\d+_(?P<group>[a-z]+)_`."""
     test_groups: list[str] = field(default_factory=list)
     """Hold out exactly these groups as the test split (instead of a random group split)."""
+    multi_label: bool = False
+    """Several labels per clip: a manifest's label cell such as `dog;siren` names them all
+    (audiofolders cannot: one folder is one label)."""
+    label_separator: str = ";"
+    """Separates the labels of one cell with `multi_label`."""
 
 
 # ---------------------------------------------------------------- reading each kind of source
@@ -92,8 +99,10 @@ def _audiofolder_rows(root: Path) -> list[dict]:
     return rows
 
 
-def _manifest_rows(path: Path, label_column: str) -> list[dict]:
-    """Rows of a CSV or JSONL manifest; `path` is relative to the manifest's folder."""
+def _manifest_rows(path: Path, config: DataConfig) -> list[dict]:
+    """Rows of a CSV or JSONL manifest; `path` is relative to the manifest's folder. With
+    `config.multi_label` a row's label is the list of labels in its cell (or JSON list)."""
+    label_column = config.label_column
     try:
         if path.suffix.lower() == ".csv":
             with open(path, newline="") as f:
@@ -116,9 +125,25 @@ def _manifest_rows(path: Path, label_column: str) -> list[dict]:
         if not audio_path.is_file():
             raise DataError(f"{path}, line {line}: audio file not found: {audio_path}")
         row = {k: str(v) for k, v in record.items()}
-        row.update(path=str(audio_path), label=str(record[label_column]))
+        label = record[label_column]
+        if config.multi_label:
+            label = _label_set(label, config.label_separator, f"{path}, line {line}")
+        row.update(path=str(audio_path), label=label if config.multi_label else str(label))
         rows.append(row)
     return rows
+
+
+def _label_set(value: object, separator: str, where: str) -> list[str]:
+    """The labels of one multi-label cell: a JSON list, or text split at `separator`; an empty
+    label (`dog;;siren`, `[]`) is a DataError naming `where`."""
+    items = value if isinstance(value, list) else str(value).split(separator)
+    labels = [str(x).strip() for x in items]
+    if not labels or "" in labels:
+        raise DataError(
+            f"{where}: empty label in {value!r}; give one or more labels separated by "
+            f"{separator!r} (--label-separator), e.g. dog{separator}siren"
+        )
+    return sorted(set(labels))
 
 
 def load_hub(config: DataConfig) -> DatasetDict:
@@ -152,7 +177,19 @@ def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:
     feature = ds.features[config.label_column]
     names = feature.names if isinstance(feature, ClassLabel) else None
     audio = ds[config.audio_column]
-    labels = [names[v] if names else str(v) for v in ds[config.label_column]]
+    if config.multi_label:
+        inner = getattr(feature, "feature", None)  # List(ClassLabel) on the Hub
+        inner_names = inner.names if isinstance(inner, ClassLabel) else None
+        labels = [
+            _label_set(
+                [inner_names[i] for i in v] if inner_names else v,
+                config.label_separator,
+                f"'{config.source}' row {row}",
+            )
+            for row, v in enumerate(ds[config.label_column])
+        ]
+    else:
+        labels = [names[v] if names else str(v) for v in ds[config.label_column]]
     extra = {}
     if config.group_by:
         if config.group_by not in ds.column_names:
@@ -193,24 +230,56 @@ def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
 
 
 def _dataset(columns: dict[str, list]) -> Dataset:
-    """Columns (audio dicts, string labels, optional string groups) -> Dataset, Audio undecoded."""
+    """Columns (audio dicts, string labels or label lists, optional string groups) -> Dataset,
+    Audio undecoded."""
     features = Features({k: AUDIO_STRUCT if k == "audio" else Value("string") for k in columns})
+    if columns["label"] and isinstance(columns["label"][0], list):  # multi-label
+        features["label"] = List(Value("string"))
     ds = Dataset.from_dict(columns, features=features)
     return ds.cast_column("audio", Audio(decode=False))
 
 
+def is_multi_label(ds: Dataset) -> bool:
+    """Whether the split holds several labels per clip (`List(ClassLabel)`)."""
+    return isinstance(ds.features["label"], List)
+
+
+def label_names(ds: Dataset) -> list[str]:
+    """The sorted label names, whether one label per clip or several."""
+    feature = ds.features["label"]
+    return (feature.feature if isinstance(feature, List) else feature).names
+
+
+def _label_values(ds: Dataset) -> list[str]:
+    """Every label occurrence of a split (string or id), label lists flattened."""
+    column = ds["label"]
+    return [x for labels in column for x in labels] if is_multi_label(ds) else list(column)
+
+
 def _with_sorted_labels(dd: DatasetDict, names: list[str] | None = None) -> DatasetDict:
-    names = names or sorted({label for split in dd.values() for label in split["label"]})
-    return DatasetDict({k: v.cast_column("label", ClassLabel(names=names)) for k, v in dd.items()})
+    names = names or sorted({label for split in dd.values() for label in _label_values(split)})
+    label = ClassLabel(names=names)
+    return DatasetDict(
+        {
+            k: v.cast_column("label", List(label) if is_multi_label(v) else label)
+            for k, v in dd.items()
+        }
+    )
 
 
 def read_source(config: DataConfig) -> DatasetDict:
     """Read any source into splits with string labels (before label ids and test split)."""
     path = Path(config.source)
     if path.is_dir():
+        if config.multi_label:
+            raise DataError(
+                f"{path}: an audiofolder gives one label per clip (its folder), so it cannot "
+                "be multi-label; list the clips and their labels (`dog;siren`) in a CSV/JSONL "
+                "manifest, or drop --multi-label"
+            )
         rows = _audiofolder_rows(path)
     elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        rows = _manifest_rows(path, config.label_column)
+        rows = _manifest_rows(path, config)
     elif path.exists():
         raise DataError(f"{path}: not a folder or a .csv/.jsonl manifest")
     elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", config.source) and not config.source.startswith("."):
@@ -229,7 +298,13 @@ def _canonical_split(name: str) -> str:
 
 
 def split_train_test(ds: Dataset, config: DataConfig) -> DatasetDict:
-    """Hold out a test split: stratified by label, and by group when the data has groups."""
+    """Hold out a test split: stratified by label, and by group when the data has groups.
+
+    Label sets (multi-label) cannot be stratified: their split is seeded random, by group when
+    the data has groups."""
+    multi = is_multi_label(ds)
+    if "group" not in ds.column_names and multi:
+        return ds.train_test_split(test_size=config.test_size, seed=config.seed)
     if "group" not in ds.column_names:
         counts = Counter(ds["label"])
         if min(counts.values()) < 2:
@@ -255,7 +330,9 @@ def split_train_test(ds: Dataset, config: DataConfig) -> DatasetDict:
             raise DataError("only one group in the data: a group split needs at least two")
         n_splits = max(2, min(round(1 / config.test_size), n_groups))
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
-        _, test_index = next(folds.split(np.zeros(len(groups)), ds["label"], groups))
+        # One constant "class" for label sets: StratifiedGroupKFold is then a seeded group split.
+        strata = np.zeros(len(groups), int) if multi else ds["label"]
+        _, test_index = next(folds.split(np.zeros(len(groups)), strata, groups))
         test_mask = np.zeros(len(groups), bool)
         test_mask[test_index] = True
     return DatasetDict(
@@ -274,7 +351,7 @@ def load_data(config: DataConfig, label_names: list[str] | None = None) -> Datas
     """
     dd = read_source(config)
     if label_names is not None:
-        unknown = sorted({x for s in dd.values() for x in s["label"]} - set(label_names))
+        unknown = sorted({x for s in dd.values() for x in _label_values(s)} - set(label_names))
         if unknown:
             raise DataError(
                 f"labels not known to the model: {', '.join(unknown)} "
@@ -320,8 +397,8 @@ def summarize(dd: DatasetDict, max_seconds: float | None = None) -> tuple[dict, 
             durations.append(wave.shape[0] / rate)
             rates[rate] += 1
             channels[wave.shape[1]] += 1
-        names = ds.features["label"].names
-        counts = Counter(names[i] for i in ds["label"])
+        names = label_names(ds)
+        counts = Counter(names[i] for i in _label_values(ds))
         summaries[name] = SplitSummary(
             clips=len(ds),
             class_counts={k: counts.get(k, 0) for k in names},

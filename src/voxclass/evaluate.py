@@ -1,6 +1,10 @@
 """`voxclass evaluate`: where does the model fail? Metrics, per-class report, confusion picture,
 the list of every misclassified clip and, with `--snr`, how accuracy falls as noise rises.
-Scoring goes through `Classifier`, like predict; noise is mixed by `noise.py`."""
+Scoring goes through `Classifier`, like predict; noise is mixed by `noise.py`.
+
+A multi-label model predicts every label whose sigmoid exceeds `THRESHOLD`; accuracy is then
+exact match of the label set, per-class figures are per label, and there is no confusion
+matrix (a clip may have several true and several predicted labels)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +26,11 @@ from sklearn.metrics import (
 from .audio import AudioError
 from .classifier import Classifier, Prediction
 from .config import ConfigError, write_atomic
-from .data import DataConfig, DataError, load_data
+from .data import DataConfig, DataError, label_names, load_data
 from .noise import Noise, mix_at_snr, power
+
+THRESHOLD = 0.5
+"""A multi-label model predicts each label whose score is above this (as in training metrics)."""
 
 
 @dataclass
@@ -84,10 +91,36 @@ def predict_top1(clf: Classifier, waves: list[np.ndarray], batch_size: int) -> l
     return clf.predict_batch(waves, sampling_rate=clf.sampling_rate, top_k=1, batch_size=batch_size)
 
 
+def predict_labels(
+    clf: Classifier, waves: list[np.ndarray], batch_size: int
+) -> tuple[list, list[Prediction]]:
+    """What the model predicts for every decoded clip, and the predictions behind it: the top-1
+    label, or for a multi-label model the sorted list of labels scoring above THRESHOLD (with
+    the scores of every label)."""
+    if not clf.multi_label:
+        predictions = predict_top1(clf, waves, batch_size)
+        return [p.labels[0] for p in predictions], predictions
+    predictions = clf.predict_batch(
+        waves, sampling_rate=clf.sampling_rate, top_k=len(clf.labels), batch_size=batch_size
+    )
+    chosen = [
+        sorted(x for x, score in zip(p.labels, p.scores, strict=True) if score > THRESHOLD)
+        for p in predictions
+    ]
+    return chosen, predictions
+
+
+def score(truth: list, predicted: list, labels: list[str]) -> dict:
+    """The report of `compute_report`, or of `compute_multi_label_report` for label lists."""
+    if truth and isinstance(truth[0], list):
+        return compute_multi_label_report(truth, predicted, labels)
+    return compute_report(truth, predicted, labels)
+
+
 def noise_curves(
     clf: Classifier,
     waves: list[np.ndarray],
-    truth: list[str],
+    truth: list,
     noises: list[Noise],
     config: EvalConfig,
 ) -> dict[str, list[dict]]:
@@ -98,8 +131,8 @@ def noise_curves(
         curves[noise.name] = []
         for snr in config.snr or []:
             mixed = [mix_at_snr(w, n, snr) for w, n in zip(waves, drawn, strict=True)]
-            predicted = [p.labels[0] for p in predict_top1(clf, mixed, config.batch_size)]
-            metrics = compute_report(truth, predicted, clf.labels)
+            predicted, _ = predict_labels(clf, mixed, config.batch_size)
+            metrics = score(truth, predicted, clf.labels)
             curves[noise.name].append(
                 {"snr_db": snr, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
             )
@@ -123,6 +156,34 @@ def compute_report(truth: list[str], predicted: list[str], labels: list[str]) ->
         },
         "labels": labels,
         "confusion": confusion_matrix(truth, predicted, labels=labels).tolist(),
+    }
+
+
+def compute_multi_label_report(
+    truth: list[list[str]], predicted: list[list[str]], labels: list[str]
+) -> dict:
+    """Exact-match accuracy (the whole label set right), macro-F1 over labels, and per-label
+    precision/recall/F1/support (support: clips that truly have the label)."""
+    index = {label: i for i, label in enumerate(labels)}
+
+    def multi_hot(sets: list[list[str]]) -> np.ndarray:
+        hot = np.zeros((len(sets), len(labels)), int)
+        for row, names in enumerate(sets):
+            hot[row, [index[x] for x in names]] = 1
+        return hot
+
+    true, pred = multi_hot(truth), multi_hot(predicted)
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
+        "clips": len(truth),
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+        },
+        "labels": labels,
+        "multi_label": {"threshold": THRESHOLD},
     }
 
 
@@ -220,49 +281,73 @@ def noise_markdown(noise: dict) -> str:
 
 
 def report_markdown(report: dict, model: str, source: str) -> str:
+    multi = "multi_label" in report
     rows = "\n".join(
         f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
         for label, m in report["per_class"].items()
     )
     return f"""# Evaluation of `{model}` on `{source}`
 
-- accuracy: **{report["accuracy"]:.4f}**
+- {"exact-match accuracy" if multi else "accuracy"}: **{report["accuracy"]:.4f}**
 - macro-F1: **{report["macro_f1"]:.4f}**
 - clips: {report["clips"]} ({report["errors"]} misclassified, see `errors.csv`)
+{f"- multi-label: a label is predicted when its score is above {THRESHOLD}" if multi else ""}
 
 | label | precision | recall | F1 | support |
 |---|---|---|---|---|
 {rows}
 
-![confusion matrix](confusion.png)
+{"" if multi else "![confusion matrix](confusion.png)"}
 """ + (noise_markdown(report["noise"]) if "noise" in report else "")
+
+
+def _scores_cell(prediction: Prediction, separator: str) -> str:
+    """Every label's score, best first (`dog=0.910000;siren=0.400000`): near misses show."""
+    pairs = zip(prediction.labels, prediction.scores, strict=True)
+    return separator.join(f"{label}={value:.6f}" for label, value in pairs)
 
 
 def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
     """Score a split and write report.json, report.md, errors.csv and confusion.png; with
-    `config.snr`, also score it under each noise at each SNR (report.json `noise`, snr.png)."""
+    `config.snr`, also score it under each noise at each SNR (report.json `noise`, snr.png).
+
+    A multi-label model reads the data as label sets whatever `config.multi_label` says, and
+    gets no confusion.png (see the module docstring)."""
     if config.snr and not config.noise:
         raise ConfigError("--noise is empty: give white, pink, babble, or a noise file or folder")
     clf = Classifier.load(config.model)
     noises = []
     if config.snr:  # noise recordings load before the data is decoded: a bad one fails fast
         noises = [Noise.load(name, clf.sampling_rate) for name in dict.fromkeys(config.noise)]
-    dd = load_data(config, label_names=clf.labels)
+    # The model decides how the data's labels are read: as label sets for a multi-label model.
+    dd = load_data(replace(config, multi_label=clf.multi_label), label_names=clf.labels)
     if config.split not in dd:
         raise DataError(f"no split '{config.split}' in {config.source} (splits: {', '.join(dd)})")
     ds = dd[config.split]
-    names = ds.features["label"].names
-    truth = [names[i] for i in ds["label"]]
+    names = label_names(ds)
+    if clf.multi_label:
+        truth = [sorted(names[i] for i in ids) for ids in ds["label"]]
+    else:
+        truth = [names[i] for i in ds["label"]]
     waves = load_clips(clf, ds, progress)
-    predictions = predict_top1(clf, waves, config.batch_size)
-    predicted = [p.labels[0] for p in predictions]
-    report = compute_report(truth, predicted, clf.labels)
+    predicted, predictions = predict_labels(clf, waves, config.batch_size)
+    report = score(truth, predicted, clf.labels)
     paths = [a["path"] for a in ds["audio"]]
-    errors = [
-        (path, t, p.labels[0], p.scores[0])
-        for path, t, p in zip(paths, truth, predictions, strict=True)
-        if t != p.labels[0]
-    ]
+    if clf.multi_label:
+        header = ["path", "true_labels", "predicted_labels", "scores"]
+        sep = config.label_separator
+        errors = [
+            (path, sep.join(t), sep.join(y), _scores_cell(p, sep))
+            for path, t, y, p in zip(paths, truth, predicted, predictions, strict=True)
+            if t != y
+        ]
+    else:
+        header = ["path", "true_label", "predicted_label", "score"]
+        errors = [
+            (path, t, p.labels[0], f"{p.scores[0]:.6f}")
+            for path, t, p in zip(paths, truth, predictions, strict=True)
+            if t != p.labels[0]
+        ]
     report["errors"] = len(errors)
     if config.snr:
         report["noise"] = {
@@ -276,10 +361,13 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["path", "true_label", "predicted_label", "score"])
-    writer.writerows((path, t, p, f"{s:.6f}") for path, t, p, s in errors)
+    writer.writerow(header)
+    writer.writerows(errors)
     write_atomic(out / "errors.csv", table.getvalue().encode())
-    write_atomic(out / "confusion.png", confusion_png(np.array(report["confusion"]), clf.labels))
+    if "confusion" in report:
+        write_atomic(
+            out / "confusion.png", confusion_png(np.array(report["confusion"]), clf.labels)
+        )
     if "noise" in report:
         write_atomic(out / "snr.png", snr_png(report["noise"]))
     write_atomic(out / "report.md", report_markdown(report, config.model, config.source).encode())

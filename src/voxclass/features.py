@@ -184,8 +184,17 @@ class PadCollator:
     extractor: Callable
     min_length: int = 0
     """Pad every batch to at least this length (see `min_input_length`)."""
+    num_labels: int | None = None
+    """Multi-label: each example's label is a list of label ids, sent as a float multi-hot row
+    of this width (what BCE-with-logits takes). None: one label id per example."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = pad_batch(self.extractor, [e["inputs"] for e in examples], self.min_length)
-        batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
+        if self.num_labels is None:
+            batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
+        else:
+            hot = torch.zeros(len(examples), self.num_labels)
+            for row, example in enumerate(examples):
+                hot[row, [int(i) for i in example["label"]]] = 1.0
+            batch["labels"] = hot
         return batch

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
@@ -34,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import ConfigError, save_config
-from .data import DataConfig, DataError, load_data
+from .data import DataConfig, DataError, is_multi_label, label_names, load_data
 from .features import (
     Augment,
     PadCollator,
@@ -81,7 +82,7 @@ class TrainConfig(DataConfig):
     """Copies of each training clip featurized before training: the clean clip plus
     augmented ones."""
     class_weights: bool = False
-    """Weight the loss by inverse class frequency (for imbalanced data)."""
+    """Weight the loss by inverse class frequency (for imbalanced data; single-label only)."""
     freeze_feature_encoder: bool = True
     """Freeze the CNN feature encoder of a pretrained wav2vec2-family model."""
     max_steps: int = -1
@@ -151,6 +152,34 @@ def class_weighted_loss(train: Dataset, num_labels: int):
         return torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
 
     return loss
+
+
+def multi_label_loss(outputs, labels, num_items_in_batch=None):
+    """Binary cross-entropy on each label's logit (mean over clips and labels), as a Trainer
+    `compute_loss_func`.
+
+    Set explicitly because the wav2vec2-family heads compute cross-entropy whatever
+    `config.problem_type` says (only some heads, e.g. AST, honour it). The Trainer counts every
+    multi-hot entry of the accumulated batches in `num_items_in_batch` and expects a loss given
+    it to be divided by that count, so gradient accumulation gives the mean over all of them."""
+    if num_items_in_batch is None:
+        return F.binary_cross_entropy_with_logits(outputs.logits, labels.float())
+    total = F.binary_cross_entropy_with_logits(outputs.logits, labels.float(), reduction="sum")
+    return total / num_items_in_batch
+
+
+def loss_function(config: TrainConfig, train: Dataset, num_labels: int):
+    """The Trainer's `compute_loss_func`: None (the model's own cross-entropy), class-weighted
+    cross-entropy, or per-label BCE for multi-label data."""
+    multi = is_multi_label(train)
+    if multi and config.class_weights:
+        raise ConfigError(
+            "--class-weights weighs single-label classes; with --multi-label each label is its "
+            "own yes/no decision: drop --class-weights"
+        )
+    if multi:
+        return multi_label_loss
+    return class_weighted_loss(train, num_labels) if config.class_weights else None
 
 
 class ShuffledLengthGroupedSampler(LengthGroupedSampler):
@@ -242,8 +271,14 @@ def train(config: TrainConfig) -> Path:
     set_seed(config.seed)
     from_scratch = config.model in PRESETS
     dd = load_data(config)
-    labels = dd["train"].features["label"].names  # sorted, deterministic
-    model, extractor = build_model(config.model, labels)
+    labels = label_names(dd["train"])  # sorted, deterministic
+    multi = is_multi_label(dd["train"])
+    # Before decoding: an impossible combination fails fast. Augmented copies do not change
+    # the class proportions, so weights from the clips equal weights from the copies.
+    compute_loss = loss_function(config, dd["train"], len(labels))
+    # problem_type tells Classifier and pipeline() to score each label with its own sigmoid.
+    overrides = {"problem_type": "multi_label_classification"} if multi else {}
+    model, extractor = build_model(config.model, labels, **overrides)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
@@ -282,14 +317,14 @@ def train(config: TrainConfig) -> Path:
     trainer = VoxTrainer(
         model=model,
         args=args,
-        data_collator=PadCollator(extractor, min_input_length(model)),
+        data_collator=PadCollator(
+            extractor, min_input_length(model), num_labels=len(labels) if multi else None
+        ),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=extractor,
         compute_metrics=compute_metrics,
-        compute_loss_func=class_weighted_loss(train_set, len(labels))
-        if config.class_weights
-        else None,
+        compute_loss_func=compute_loss,
         callbacks=callbacks,
     )
     checkpoint = None
@@ -360,6 +395,12 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
 def model_card(config: TrainConfig, metrics: dict) -> str:
     final = metrics["final"]
     labels = ", ".join(f"`{x}`" for x in metrics["labels"])
+    multi = (
+        "\n- **Multi-label:** each label scored by its own sigmoid; accuracy is exact match of "
+        "the label set, a label counting as present above 0.5"
+        if config.multi_label
+        else ""
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -370,7 +411,7 @@ tags: [voxclass, audio-classification]
 Audio classifier trained with [voxclass](https://pypi.org/project/voxclass/) from
 `{config.model}` on `{config.source}`.
 
-- **Labels ({len(metrics["labels"])}):** {labels}
+- **Labels ({len(metrics["labels"])}):** {labels}{multi}
 - **Test accuracy:** {final.get("accuracy", float("nan")):.4f}
 - **Test macro-F1:** {final.get("macro_f1", float("nan")):.4f}
 - **Clips:** {metrics["train"]["train_clips"]} train, {metrics["train"]["test_clips"]} test
