@@ -23,7 +23,7 @@ def fsdd_clips(fsdd, rate: int) -> list[np.ndarray]:
     return [load_audio(fsdd / d / f"{d}_jackson_0.wav", rate) for d in ("0", "3", "7")]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-wav2vec2"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "tiny-wav2vec2"])
 def test_preset_export_matches_torch_on_real_and_synthetic_clips(preset, fsdd, tmp_path):
     src = save_preset(preset, tmp_path / "model")
     torch_clf = Classifier.load(src)

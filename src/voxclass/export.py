@@ -214,10 +214,19 @@ def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
 
 
 def _quantize(path: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations stay float, quantized per batch)."""
+    """Dynamic int8 quantization of the matrix multiplications' weights, one scale per output
+    channel (activations stay float, quantized per batch). Convolutions stay fp32: onnxruntime's
+    integer convolution (ConvInteger) made a wav2vec2-base-sized model 1.7x slower than fp32,
+    and one scale per tensor flipped 3.5 % of a trained tiny model's top-1 answers."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = path.with_name("model.fp32.onnx")
     path.rename(fp32)
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(fp32),
+        str(path),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
     fp32.unlink()
