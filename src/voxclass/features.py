@@ -11,7 +11,6 @@ through the feature extractor's own `pad`. Inference (`Classifier`) uses the sam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,7 +139,6 @@ def featurize(
     augment: Augment | None = None,
     copies: int = 1,
     seed: int = 0,
-    workers: int | None = os.cpu_count(),
 ) -> Dataset:
     """Decoded clips -> the extractor's model inputs (unpadded), one row per clip and copy.
 
