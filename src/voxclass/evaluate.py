@@ -86,23 +86,18 @@ def load_clips(clf: Classifier, ds, progress: Callable | None = None) -> list[np
     return waves
 
 
-def predict_top1(clf: Classifier, waves: list[np.ndarray], batch_size: int) -> list[Prediction]:
-    """Top-1 prediction of every decoded clip (long clips in windows)."""
-    return clf.predict_batch(waves, sampling_rate=clf.sampling_rate, top_k=1, batch_size=batch_size)
-
-
 def predict_labels(
     clf: Classifier, waves: list[np.ndarray], batch_size: int
 ) -> tuple[list, list[Prediction]]:
-    """What the model predicts for every decoded clip, and the predictions behind it: the top-1
-    label, or for a multi-label model the sorted list of labels scoring above THRESHOLD (with
-    the scores of every label)."""
-    if not clf.multi_label:
-        predictions = predict_top1(clf, waves, batch_size)
-        return [p.labels[0] for p in predictions], predictions
+    """What the model predicts for every decoded clip (long clips in windows), and the
+    predictions behind it: the top-1 label, or for a multi-label model the sorted list of labels
+    scoring above THRESHOLD (with the scores of every label)."""
+    top_k = len(clf.labels) if clf.multi_label else 1
     predictions = clf.predict_batch(
-        waves, sampling_rate=clf.sampling_rate, top_k=len(clf.labels), batch_size=batch_size
+        waves, sampling_rate=clf.sampling_rate, top_k=top_k, batch_size=batch_size
     )
+    if not clf.multi_label:
+        return [p.labels[0] for p in predictions], predictions
     chosen = [
         sorted(x for x, score in zip(p.labels, p.scores, strict=True) if score > THRESHOLD)
         for p in predictions
