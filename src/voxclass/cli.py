@@ -71,7 +71,7 @@ def synth(
     """Generate synthetic MInDS-14-style spoken banking requests (14 intents, 8 kHz)."""
     from rich.progress import Progress
 
-    from .synth import INTENTS, SynthConfig, synthesize
+    from .synth import SynthConfig, synthesize
 
     config = SynthConfig(
         out=out,
@@ -80,9 +80,8 @@ def synth(
         test_per_intent=test_per_intent,
         seed=seed,
     )
-    total = len(INTENTS) * (train_per_intent + validation_per_intent + test_per_intent)
     with Progress(console=err_console, transient=True) as progress:
-        task = progress.add_task("synthesizing", total=total)
+        task = progress.add_task("synthesizing", total=config.clips)
         stats = synthesize(config, progress=lambda: progress.advance(task))
     console.print(
         f"wrote {stats['clips']} clips to {out} in {stats['seconds']:.1f} s "

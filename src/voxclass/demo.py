@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .classifier import Classifier
 from .evaluate import EvalConfig, evaluate
-from .synth import INTENTS, SynthConfig, synthesize
+from .synth import SynthConfig, synthesize
 from .train import TrainConfig, train
 
 
@@ -74,12 +74,8 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     start = time.perf_counter()
     synth_config = demo_data(config)
     data, model = synth_config.out, config.output / "model"
-    expected = len(INTENTS) * (
-        synth_config.train_per_intent
-        + synth_config.validation_per_intent
-        + synth_config.test_per_intent
-    )
-    if (data / "metadata.csv").exists() and _clip_count(data / "metadata.csv") == expected:
+    metadata = data / "metadata.csv"
+    if metadata.exists() and _clip_count(metadata) == synth_config.clips:
         log(f"reusing synthetic data in {data}")
     else:
         stats = synthesize(synth_config)

@@ -373,6 +373,12 @@ class SynthConfig:
     noise_db: float = -45.0
     """Level of the background noise added on the line (dBFS, RMS)."""
 
+    @property
+    def clips(self) -> int:
+        """How many clips the data set holds, all splits together."""
+        per_intent = self.train_per_intent + self.validation_per_intent + self.test_per_intent
+        return len(INTENTS) * per_intent
+
 
 class Espeak:
     """Minimal ctypes binding to libespeak-ng from the espeakng-loader wheel (synchronous mode)."""
