@@ -56,6 +56,15 @@ def test_split_is_stratified_and_deterministic(tmp_path):
     assert _pairs(dd) == _pairs(again) and dd["test"]["audio"] == again["test"]["audio"]
 
 
+def test_a_small_folder_still_holds_out_every_label(tmp_path):
+    # 20 % of 9 clips is 2, fewer than the 3 labels: datasets' stratified split would raise.
+    dd = load_data(DataConfig(source=str(write_tone_folder(tmp_path / "t", per_class=3))))
+    assert Counter(dd["test"]["label"]) == {0: 1, 1: 1, 2: 1}
+    assert Counter(dd["train"]["label"]) == {0: 2, 1: 2, 2: 2}
+    with pytest.raises(DataError, match="too few to hold out a test split"):
+        load_data(DataConfig(source=str(tmp_path / "t"), test_size=0.9))
+
+
 def test_split_folders_are_used_as_given(tmp_path):
     root = write_tone_folder(tmp_path / "t", per_class=3, splits=True)
     dd = load_data(DataConfig(source=str(root)))

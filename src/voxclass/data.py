@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -310,9 +311,15 @@ def split_train_test(ds: Dataset, config: DataConfig) -> DatasetDict:
         if min(counts.values()) < 2:
             rare = [ds.features["label"].int2str(k) for k, n in counts.items() if n < 2]
             raise DataError(f"labels with a single clip cannot be split: {', '.join(rare)}")
-        return ds.train_test_split(
-            test_size=config.test_size, seed=config.seed, stratify_by_column="label"
-        )
+        # A stratified split needs every label on both sides: hold out at least one clip per
+        # label, even where the fraction asks for fewer (a small folder).
+        held_out = max(math.ceil(config.test_size * len(ds)), len(counts))
+        if len(ds) - held_out < len(counts):
+            raise DataError(
+                f"{config.source}: {len(ds)} clips are too few to hold out a test split with "
+                f"each of the {len(counts)} labels on both sides; add clips or give a test split"
+            )
+        return ds.train_test_split(test_size=held_out, seed=config.seed, stratify_by_column="label")
     groups = np.array(ds["group"])
     if config.test_groups:
         unknown = sorted(set(config.test_groups) - set(groups))
