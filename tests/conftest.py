@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,13 @@ def write_tone_mix_manifest(root: Path, per_set: int = 4, rate: int = 8000) -> P
             rows.append(f"{name},{';'.join(labels)}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on, for a test server on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

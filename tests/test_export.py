@@ -1,7 +1,15 @@
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from conftest import TONES, burst
+from conftest import TONES, burst, free_port, write_tone_folder
 from typer.testing import CliRunner
 
 from voxclass import Classifier
@@ -104,3 +112,129 @@ def test_cli_export_and_its_errors(tmp_path):
         export(src, tmp_path / "onnx")
     with pytest.raises(ModelError, match="not a model directory"):
         export(tmp_path / "nowhere", tmp_path / "x")
+
+
+# ------------------------------------------------------------------ inference without torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def multipart(field: str, name: str, data: bytes) -> tuple[bytes, str]:
+    """A one-file multipart/form-data body and its content type (urllib has no helper)."""
+    boundary = "voxclass-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    return (
+        head + data + f"\r\n--{boundary}--\r\n".encode(),
+        f"multipart/form-data; boundary={boundary}",
+    )
+
+
+def wait_for_health(url: str, server: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, server.stderr.read()
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            assert time.monotonic() < deadline, "voxclass serve did not come up"
+            time.sleep(0.2)
+
+
+def install_without_torch(tmp_path: Path) -> str:
+    """`pip install voxclass` (core dependencies, no `train` extra) into a fresh venv; asserts
+    that no torch came with it and returns the venv's `voxclass` command."""
+    package = tmp_path / "package"  # built from a copy, so the build leaves nothing in the repo
+    shutil.copytree(
+        REPO / "src", package / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, package)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", str(package)], capture_output=True, text=True
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    assert "No module named 'torch'" in no_torch.stderr
+    return str(venv / "bin" / "voxclass")
+
+
+@pytest.mark.slow
+@pytest.mark.install
+def test_an_exported_model_predicts_evaluates_and_serves_where_torch_is_not_installed(
+    trained_tone_model, tmp_path
+):
+    """`pip install voxclass` (no `train` extra) into a fresh venv: no torch arrives, and the
+    exported model gives the same answers there through predict, evaluate and serve."""
+    export(trained_tone_model, tmp_path / "onnx", int8=True)
+    data = write_tone_folder(tmp_path / "tones", per_class=3)
+    clips = sorted(str(p) for p in data.glob("*/*.wav"))
+    reference = Classifier.load(tmp_path / "onnx").predict_batch(clips)
+
+    cli = install_without_torch(tmp_path)
+
+    run = subprocess.run(
+        [cli, "predict", str(tmp_path / "onnx"), *clips, "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    answers = json.loads(run.stdout)
+    assert [a["labels"][0] for a in answers] == [p.labels[0] for p in reference]
+    assert [a["labels"][0] for a in answers] == [Path(c).parent.name for c in clips]
+    np.testing.assert_allclose(
+        [a["scores"] for a in answers], [p.scores for p in reference], atol=1e-5
+    )
+
+    run = subprocess.run(
+        [
+            cli,
+            "evaluate",
+            str(tmp_path / "onnx"),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["accuracy"] == 1.0
+
+    # A torch model directory there is one clear line pointing at the fix, not an ImportError.
+    run = subprocess.run(
+        [cli, "predict", str(trained_tone_model), clips[0]], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "pip install 'voxclass[train]'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+    port = free_port()
+    server = subprocess.Popen(
+        [cli, "serve", str(tmp_path / "onnx"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(url, server)
+        body, kind = multipart("file", "clip.wav", Path(clips[0]).read_bytes())
+        request = urllib.request.Request(
+            f"{url}/v1/classify", data=body, headers={"Content-Type": kind}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            served = json.loads(answer.read())
+        assert served["labels"][0] == reference[0].labels[0]
+        with urllib.request.urlopen(f"{url}/v1/model", timeout=5) as answer:
+            assert json.loads(answer.read())["backend"] == "onnx"
+    finally:
+        server.terminate()
+        server.wait(10)

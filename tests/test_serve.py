@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TONES, burst
+from conftest import TONES, burst, free_port
 from fastapi.testclient import TestClient
 
 from voxclass import Classifier, cli
@@ -364,12 +363,6 @@ def test_cli_serve_with_a_bad_model_dir_is_one_line_and_exit_2(tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------------------- real browser
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from rich.table import Table
 from .audio import AudioError
 from .config import ConfigError
 from .data import DataConfig, DataError
-from .model import ModelError
+from .model import ModelError, require_torch
 
 app = typer.Typer(
     add_completion=False,
@@ -176,6 +176,8 @@ def train(
     --group-pattern REGEX, --class-weights true, --multi-label true, ... (see docs:
     voxclass/train.py TrainConfig)."""
     from .config import build_config, parse_overrides
+
+    require_torch("training")
     from .train import TrainConfig
     from .train import train as run_training
 
@@ -319,6 +321,7 @@ def demo(
 ) -> None:
     """The whole loop offline: synthesize spoken banking requests, train the tiny preset,
     evaluate on unseen voices, classify a few clips."""
+    require_torch("the demo (it trains a model)")
     from .demo import DemoConfig, run_demo
 
     result = run_demo(

@@ -2,7 +2,8 @@
 
 The exported directory is self-contained: `model.onnx`, the feature extractor config and
 `config.json` (labels, voxclass settings), plus `export.json` with the parity figures.
-`Classifier.load(DIR)` sees `model.onnx` and runs it with onnxruntime.
+`Classifier.load(DIR)` sees `model.onnx` and runs it with onnxruntime, which needs no torch:
+a deployment can `pip install voxclass` without the `train` extra.
 
 Graph: the TorchScript exporter (`dynamo=False`) with `dynamic_axes` on batch and time; see
 `_export_graph` for why not the dynamo one.
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .features import extract_one
-from .model import ModelError, load_trained
+from .features import extract_one, pad_batch
+from .model import ModelError, load_trained, require_torch
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -55,15 +56,9 @@ class OnnxModel:
         self.inputs = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
 
     def logits(self, extractor: Any, features: list[np.ndarray]) -> np.ndarray:
-        """Pad per-clip features to the batch's longest (as `features.pad_batch` does for torch,
-        with numpy tensors) and run the graph."""
-        name = extractor.model_input_names[0]
-        padded = extractor.pad(
-            {name: features},
-            padding="max_length",
-            max_length=max(len(x) for x in features),
-            return_tensors="np",
-        )
+        """Pad per-clip features to the batch's longest, as torch inference does, and run the
+        graph."""
+        padded = pad_batch(extractor, features, return_tensors="np")
         feed = {key: np.asarray(padded[key], dtype=kind) for key, kind in self.inputs.items()}
         return self.session.run(["logits"], feed)[0]
 
@@ -137,8 +132,6 @@ def _compare(
     similar-length clips (both see the same padded inputs)."""
     import torch
 
-    from .features import pad_batch
-
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
     diff, same = 0.0, 0
     for start in range(0, len(order), 4):
@@ -167,6 +160,7 @@ def export(
     """
     from .classifier import Classifier
 
+    require_torch("exporting to ONNX")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out}: already exists and is not empty; choose another --out")
@@ -206,8 +200,6 @@ def export(
 
 def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
     """A two-clip batch of different lengths to trace with (so padding paths are traced)."""
-    from .features import pad_batch
-
     rng = np.random.default_rng(0)
     waves = [0.1 * rng.standard_normal(int(s * rate)).astype(np.float32) for s in (1.0, 2.0)]
     return pad_batch(extractor, [extract_one(extractor, w, rate) for w in waves])

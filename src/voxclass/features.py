@@ -7,19 +7,25 @@ evaluation takes the clip from its start, and each batch is padded only to its o
 Features are extracted once per clip (per augmented copy in training), not once per step: a
 log-mel extractor costs more than a small model's forward pass on a CPU. The collator only pads,
 through the feature extractor's own `pad`. Inference (`Classifier`) uses the same two steps.
+
+torch is imported only where tensors are made: an exported ONNX model runs on `extract_one` and
+`pad_batch(..., return_tensors="np")` without torch installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from datasets import Dataset, concatenate_datasets
 
 from .audio import AudioError, load_audio, resample_to
 from .noise import from_recordings, mix_at_snr, white
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
 
 
 def decode_split(ds: Dataset, sampling_rate: int) -> Dataset:
@@ -105,15 +111,15 @@ def extract_one(extractor: Callable, wave: np.ndarray, sampling_rate: int) -> np
 
 
 def pad_batch(
-    extractor: Callable, inputs: list[np.ndarray], min_length: int = 0
-) -> dict[str, torch.Tensor]:
+    extractor: Callable, inputs: list[np.ndarray], min_length: int = 0, return_tensors: str = "pt"
+) -> dict[str, Any]:
     """Pad per-clip inputs to the batch's longest (and at least `min_length`), with an
     attention mask exactly when the extractor gives one (wav2vec2-base was trained without
-    and must not get one)."""
+    and must not get one). Torch tensors, or numpy arrays with `return_tensors="np"`."""
     name = extractor.model_input_names[0]
     length = max(min_length, *(len(x) for x in inputs))
     padded = extractor.pad(
-        {name: inputs}, padding="max_length", max_length=length, return_tensors="pt"
+        {name: inputs}, padding="max_length", max_length=length, return_tensors=return_tensors
     )
     return dict(padded)
 
@@ -125,6 +131,8 @@ def min_input_length(model: torch.nn.Module) -> int:
     frames = getattr(config, "mask_time_length", 0) + 1
     if getattr(config, "mask_time_prob", 0) <= 0:
         return 0
+    import torch
+
     length = frames
     while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < frames:
         length *= 2
@@ -146,6 +154,8 @@ def featurize(
     its own augmentation; without it (evaluation) a clip is taken from its start. SpecAugment,
     where the model has it, adds fresh masks on top at every step.
     """
+    from datasets import concatenate_datasets
+
     limit = int(max_seconds * sampling_rate)
 
     def extract(batch: dict, indices: list[int], copy: int) -> dict:
@@ -187,6 +197,8 @@ class PadCollator:
     of this width (what BCE-with-logits takes). None: one label id per example."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = pad_batch(self.extractor, [e["inputs"] for e in examples], self.min_length)
         if self.num_labels is None:
             batch["labels"] = torch.tensor([int(e["label"]) for e in examples])

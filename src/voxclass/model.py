@@ -6,6 +6,7 @@ settings under `config.voxclass` (e.g. `max_seconds`) so that plain transformers
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
 
     `name_or_path`: a preset name (random init), a local directory or a Hub id (pretrained).
     """
+    require_torch(f"building a model from {name_or_path}")
     if name_or_path in PRESETS:
         config, extractor = preset_config(name_or_path)
         for key, value in {**label_maps(labels), **config_overrides}.items():
@@ -55,6 +57,10 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
 def load_trained(path: str | Path):
     """A trained classifier exactly as saved (its own labels), and its feature extractor."""
     _check_reachable(str(path))
+    require_torch(
+        f"{path} is a torch model directory: running it",
+        "run its ONNX export instead (`voxclass export` on a machine with torch)",
+    )
     try:
         extractor = AutoFeatureExtractor.from_pretrained(path)
         model = AutoModelForAudioClassification.from_pretrained(path)
@@ -66,6 +72,16 @@ def load_trained(path: str | Path):
 def max_seconds_of(config: Any) -> float:
     """Longest clip the model was trained on (voxclass setting, else a safe default)."""
     return float(getattr(config, "voxclass", {}).get("max_seconds", DEFAULT_MAX_SECONDS))
+
+
+def require_torch(purpose: str, alternative: str = "") -> None:
+    """Training, export and torch inference need PyTorch; onnxruntime inference does not, so a
+    deployment may install voxclass without it. Say so plainly instead of an ImportError."""
+    if importlib.util.find_spec("torch") is None:
+        raise ModelError(
+            f"{purpose} needs PyTorch, which is not installed: pip install 'voxclass[train]'"
+            + (f", or {alternative}" if alternative else "")
+        )
 
 
 def _check_reachable(name_or_path: str) -> None:
