@@ -2,10 +2,11 @@
 inference on torch, ONNX fp32 and ONNX int8. Same model, same clips, one run; prints a table.
 
 Clips are concatenations of real FSDD digits, 1-10 s long. Throughput is clips/s over all
-clips (voxclass batches clips of similar length); latency is one clip per call, on the first
-`--latency-clips` clips. Agreement is top-1 agreement with voxclass torch.
+clips (voxclass batches clips of similar length): the median of `--rounds` passes that take the
+backends in turn, so a slow spell of the machine hits every backend. Latency is one clip per
+call, on the first `--latency-clips` clips. Agreement is top-1 agreement with voxclass torch.
 
-    python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200]
+    python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200] [--rounds 3]
 
 Without --model a freshly built model with random weights is used (`tiny` preset, or a
 wav2vec2-base-sized model from the default `Wav2Vec2Config()` for `--model-size base`).
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import (
     AutoModelForAudioClassification,
     Wav2Vec2Config,
@@ -36,6 +38,7 @@ DIGITS = [str(d) for d in range(10)]
 
 
 def fresh_model(size: str, path: Path) -> Path:
+    torch.manual_seed(0)  # the same random weights on every run, so agreement figures repeat
     if size == "tiny":
         model, extractor = build_model("tiny", DIGITS)
     else:  # wav2vec2-base dimensions (95 M parameters), random weights
@@ -66,24 +69,21 @@ def size_mb(path: Path, pattern: str) -> float:
     return sum(p.stat().st_size for p in path.glob(pattern)) / 1e6
 
 
-def measure(name: str, run_all, run_one, clips, latency_clips: int) -> dict:
-    """Throughput over all clips and single-clip latencies; returns top-1 predictions too."""
-    run_one(clips[0])  # warm-up
+def throughput(run_all, clips) -> tuple[float, list]:
+    """Clips per second over all clips, and the top-1 predictions."""
     start = time.perf_counter()
     top1 = run_all(clips)
-    seconds = time.perf_counter() - start
-    latencies = []
-    for wave in clips[:latency_clips]:
-        t = time.perf_counter()
+    return len(clips) / (time.perf_counter() - start), list(top1)
+
+
+def latencies_ms(run_one, clips) -> list[float]:
+    """Milliseconds for each clip classified alone."""
+    out = []
+    for wave in clips:
+        start = time.perf_counter()
         run_one(wave)
-        latencies.append(time.perf_counter() - t)
-    return {
-        "name": name,
-        "clips_per_s": len(clips) / seconds,
-        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-        "top1": np.asarray(top1),
-    }
+        out.append(1000 * (time.perf_counter() - start))
+    return out
 
 
 def main() -> None:
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--latency-clips", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="voxclass-bench-"))
@@ -111,49 +112,60 @@ def main() -> None:
     def seed_one(wave):
         return label_ids[seed({"raw": wave, "sampling_rate": rate}, top_k=1)[0]["label"]]
 
-    rows = [
-        measure(
-            "pipeline, 1 clip/call",
-            lambda cs: [seed_one(w) for w in cs],
-            seed_one,
-            clips,
-            args.latency_clips,
-        )
-    ]
+    backends = [("pipeline, 1 clip/call", lambda cs: [seed_one(w) for w in cs], seed_one)]
     sizes = [size_mb(model_dir, "*.safetensors")] * 2
     for name, clf, where in [
         ("voxclass torch", torch_clf, model_dir),
         ("voxclass onnx fp32", Classifier.load(work / "fp32"), work / "fp32"),
         ("voxclass onnx int8", Classifier.load(work / "int8"), work / "int8"),
     ]:
-        rows.append(
-            measure(
+        backends.append(
+            (
                 f"{name}, batch {args.batch_size}",
                 lambda cs, c=clf: c.probabilities(cs, args.batch_size).argmax(1),
                 lambda w, c=clf: c.probabilities([w]),
-                clips,
-                args.latency_clips,
             )
         )
         if name != "voxclass torch":
             sizes.append(size_mb(where, "*.onnx"))
 
+    # Rounds interleave the backends, so a slow spell of a shared machine hits all of them;
+    # the table gives each one's median round.
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in backends}
+    top1: dict[str, list] = {}
+    for _name, _, run_one in backends:
+        run_one(clips[0])  # warm-up
+    for _ in range(args.rounds):
+        for name, run_all, _ in backends:
+            rate_now, top1[name] = throughput(run_all, clips)
+            rates[name].append(rate_now)
+    latency = {
+        name: latencies_ms(run_one, clips[: args.latency_clips]) for name, _, run_one in backends
+    }
+
     seconds = [len(c) / rate for c in clips]
     print(
         f"\n{title}; {len(clips)} FSDD-concatenation clips of {min(seconds):.1f}-"
-        f"{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; latency over "
+        f"{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; clips/s: median "
+        f"of {args.rounds} interleaved rounds; latency over "
         f"{min(args.latency_clips, len(clips))} clips\n"
     )
-    header = f"{'':28} {'clips/s':>8} {'x pipe':>7} {'p50 ms':>8} {'p95 ms':>8} {'MB':>7} agree"
+    header = (
+        f"{'':28} {'clips/s':>8} {'min-max':>13} {'x pipe':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'MB':>7} agree"
+    )
     print(header)
     print("-" * len(header))
-    reference = rows[1]["top1"]
-    for row, mb in zip(rows, sizes, strict=True):
-        agree = float((row["top1"] == reference).mean())
+    names = [name for name, _, _ in backends]
+    median = {name: float(np.median(rates[name])) for name in names}
+    reference = np.asarray(top1[names[1]])  # voxclass torch
+    for name, mb in zip(names, sizes, strict=True):
+        agree = float((np.asarray(top1[name]) == reference).mean())
+        spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(
-            f"{row['name']:28} {row['clips_per_s']:8.1f} "
-            f"{row['clips_per_s'] / rows[0]['clips_per_s']:6.1f}x {row['p50_ms']:8.1f} "
-            f"{row['p95_ms']:8.1f} {mb:7.1f} {agree:5.1%}"
+            f"{name:28} {median[name]:8.1f} {spread:>13} {median[name] / median[names[0]]:6.1f}x "
+            f"{np.percentile(latency[name], 50):8.1f} {np.percentile(latency[name], 95):8.1f} "
+            f"{mb:7.1f} {agree:5.1%}"
         )
 
 
