@@ -365,13 +365,30 @@ def test_cli_serve_with_a_bad_model_dir_is_one_line_and_exit_2(tmp_path, monkeyp
 # ---------------------------------------------------------------------------- real browser
 
 
+class ListeningClassifier(Classifier):
+    """The real tone classifier, keeping every wave the server decoded for it."""
+
+    def __init__(self, clf: Classifier):
+        super().__init__(clf.model, clf.extractor)
+        self.heard: list[np.ndarray] = []
+
+    def predict_batch(self, sources, *args, **kwargs):
+        self.heard.extend(sources)
+        return super().predict_batch(sources, *args, **kwargs)
+
+
 @pytest.fixture
-def live_server(clf):
+def served(clf) -> ListeningClassifier:
+    return ListeningClassifier(clf)
+
+
+@pytest.fixture
+def live_server(served):
     """The app under uvicorn on a free 127.0.0.1 port, in a thread; stopped after the test."""
     import uvicorn
 
     config = uvicorn.Config(
-        create_app(clf), host="127.0.0.1", port=free_port(), log_level="warning"
+        create_app(served), host="127.0.0.1", port=free_port(), log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -385,15 +402,21 @@ def live_server(clf):
     thread.join(10)
 
 
+MIC_TONE = TONES["high"]  # what chromium's fake microphone plays (see `chromium`)
+
+
 @pytest.fixture
 def chromium(tmp_path):
     """Headless Debian chromium through chromedriver. Missing browser = failure, not a skip:
-    `make test` installs both (target browser-deps)."""
+    `make test` installs both (target browser-deps). Its microphone is a fake device that plays
+    MIC_TONE bursts in a loop, with permission granted, so recording can be tested too."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         assert Path(binary).is_file(), f"{binary} missing: run `make browser-deps` (as root)"
+    mic = tmp_path / "microphone.wav"  # chromium reads 16-bit PCM WAV for a fake capture device
+    sf.write(mic, burst(MIC_TONE, 1.2, 48000), 48000, subtype="PCM_16")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (
@@ -407,6 +430,9 @@ def chromium(tmp_path):
         "--disable-sync",
         "--no-first-run",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
@@ -453,3 +479,39 @@ def test_page_uploads_a_clip_and_shows_the_models_label(live_server, chromium, c
     error = chromium.find_element(By.ID, "error").text
     assert "could not read this audio" in error and "notes.wav" in error
     assert not chromium.find_element(By.ID, "result").is_displayed()
+
+
+@pytest.mark.browser
+def test_page_records_from_the_microphone_and_shows_the_models_answer(
+    live_server, served, chromium
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(chromium, 30)
+    chromium.get(live_server + "/")
+    wait.until(lambda d: "labels" in d.find_element(By.ID, "model-info").text)
+    record = chromium.find_element(By.ID, "record")
+    record.click()
+    wait.until(lambda d: "Recording" in d.find_element(By.ID, "status").text)
+    time.sleep(1.5)
+    record.click()  # stop: the page decodes the recording, sends it as WAV, shows the answer
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    assert not chromium.find_element(By.ID, "error").is_displayed()
+    assert record.text == "Record from microphone"
+    assert chromium.find_element(By.ID, "source").text == "recording"
+
+    # The server heard the microphone: about 1.5 s, loudest at the fake device's tone.
+    (wave,) = served.heard
+    seconds = len(wave) / served.sampling_rate
+    assert 1.0 <= seconds <= 3.0
+    assert f"Classified {seconds:.2f} s of audio." == chromium.find_element(By.ID, "status").text
+    spectrum = np.abs(np.fft.rfft(wave))
+    peak = np.fft.rfftfreq(len(wave), 1 / served.sampling_rate)[spectrum.argmax()]
+    assert abs(peak - MIC_TONE) < 20
+    # ... and the page shows the model's answer for what it heard.
+    expected = served.predict(wave, served.sampling_rate)
+    shown = [e.text for e in chromium.find_elements(By.CSS_SELECTOR, "#bars .label")]
+    scores = [float(e.text) for e in chromium.find_elements(By.CSS_SELECTOR, "#bars .score")]
+    assert shown == expected.labels
+    np.testing.assert_allclose(scores, expected.scores, atol=2e-3)
