@@ -175,9 +175,8 @@ def train(
     """Train a classifier. Any TrainConfig field is also an option: --epochs 5 --batch-size 8,
     --group-pattern REGEX, --class-weights true, --multi-label true, ... (see docs:
     voxclass/train.py TrainConfig)."""
-    from .config import build_config, parse_overrides
-
     require_torch("training")
+    from .config import build_config, parse_overrides
     from .train import TrainConfig
     from .train import train as run_training
 
