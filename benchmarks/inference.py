@@ -112,35 +112,36 @@ def main() -> None:
     def seed_one(wave):
         return label_ids[seed({"raw": wave, "sampling_rate": rate}, top_k=1)[0]["label"]]
 
-    backends = [("pipeline, 1 clip/call", lambda cs: [seed_one(w) for w in cs], seed_one)]
-    sizes = [size_mb(model_dir, "*.safetensors")] * 2
-    for name, clf, where in [
-        ("voxclass torch", torch_clf, model_dir),
-        ("voxclass onnx fp32", Classifier.load(work / "fp32"), work / "fp32"),
-        ("voxclass onnx int8", Classifier.load(work / "int8"), work / "int8"),
+    # (name, all clips -> top-1 ids, one clip -> anything, MB of the model on disk)
+    torch_mb = size_mb(model_dir, "*.safetensors")
+    backends = [("pipeline, 1 clip/call", lambda cs: [seed_one(w) for w in cs], seed_one, torch_mb)]
+    for name, clf, mb in [
+        ("voxclass torch", torch_clf, torch_mb),
+        ("voxclass onnx fp32", Classifier.load(work / "fp32"), size_mb(work / "fp32", "*.onnx")),
+        ("voxclass onnx int8", Classifier.load(work / "int8"), size_mb(work / "int8", "*.onnx")),
     ]:
         backends.append(
             (
                 f"{name}, batch {args.batch_size}",
                 lambda cs, c=clf: c.probabilities(cs, args.batch_size).argmax(1),
                 lambda w, c=clf: c.probabilities([w]),
+                mb,
             )
         )
-        if name != "voxclass torch":
-            sizes.append(size_mb(where, "*.onnx"))
 
     # Rounds interleave the backends, so a slow spell of a shared machine hits all of them;
     # the table gives each one's median round.
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in backends}
+    rates: dict[str, list[float]] = {name: [] for name, *_ in backends}
     top1: dict[str, list] = {}
-    for _name, _, run_one in backends:
+    for _name, _, run_one, _mb in backends:
         run_one(clips[0])  # warm-up
     for _ in range(args.rounds):
-        for name, run_all, _ in backends:
+        for name, run_all, _, _mb in backends:
             rate_now, top1[name] = throughput(run_all, clips)
             rates[name].append(rate_now)
     latency = {
-        name: latencies_ms(run_one, clips[: args.latency_clips]) for name, _, run_one in backends
+        name: latencies_ms(run_one, clips[: args.latency_clips])
+        for name, _, run_one, _mb in backends
     }
 
     seconds = [len(c) / rate for c in clips]
@@ -156,10 +157,10 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    names = [name for name, _, _ in backends]
+    names = [name for name, *_ in backends]
     median = {name: float(np.median(rates[name])) for name in names}
     reference = np.asarray(top1[names[1]])  # voxclass torch
-    for name, mb in zip(names, sizes, strict=True):
+    for name, *_, mb in backends:
         agree = float((np.asarray(top1[name]) == reference).mean())
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(
