@@ -6,7 +6,14 @@ import pytest
 import soundfile as sf
 from conftest import tone
 
-from voxclass.audio import AudioError, decode, load_audio, prepare_array, resample_to
+from voxclass.audio import (
+    AudioError,
+    AudioLimits,
+    decode,
+    load_audio,
+    prepare_array,
+    resample_to,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +102,7 @@ def _bad(tmp_path: Path, kind: str) -> Path:
 def test_bad_input_names_the_file_and_the_reason(tmp_path, kind, reason):
     path = _bad(tmp_path, kind)
     with pytest.raises(AudioError) as err:
-        load_audio(path, 16000, max_seconds=2)
+        load_audio(path, 16000, AudioLimits(max_seconds=2))
     assert str(path) in str(err.value) and reason in str(err.value)
 
 

@@ -7,6 +7,8 @@ clearer error lands everywhere at once. Nothing here needs ffmpeg or torchcodec.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,25 +80,71 @@ def _read_head(handle: BinaryIO | str, start: int) -> bytes:
     return handle.read(64)
 
 
-def decode(source: AudioSource, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode to float32 of shape (frames, channels) at the file's own rate.
+@dataclass(frozen=True)
+class AudioLimits:
+    """What audio voxclass accepts, checked from the file's header before any samples are
+    decoded, so a small file whose header claims hours of audio, an absurd rate or hundreds of
+    channels costs nothing. Every entry point (training, inspect, predict, evaluate, the server)
+    decodes through these checks."""
 
-    Raises AudioError naming the file when it is missing, empty, not audio, corrupt, holds no
-    samples or non-finite samples, or is longer than `max_seconds`.
-    """
+    max_seconds: float | None = 3600.0
+    """Longest accepted duration; None: no limit."""
+    min_rate: int = 4000
+    """Lowest accepted sample rate (Hz): below it there is no speech band, and resampling a
+    1 Hz header to the model's rate would cost minutes of CPU."""
+    max_rate: int = 192_000
+    """Highest accepted sample rate (Hz)."""
+    max_channels: int = 32
+    """Most channels accepted (they are mixed to mono)."""
+    option: str = "--max-seconds"
+    """The option that raises `max_seconds`, named in the error."""
+
+
+BLOCK_FRAMES = 1 << 16
+"""Frames decoded at a time: memory follows the audio actually decoded (and, in `load_audio`,
+its length at the model's rate), never what a header claims."""
+
+
+def check_format(name: str, rate: float, channels: int, frames: float, limits: AudioLimits) -> None:
+    """AudioError naming the file when a rate, channel count or duration is outside `limits`."""
+    if not limits.min_rate <= rate <= limits.max_rate:
+        raise AudioError(
+            name,
+            f"sample rate {rate:g} Hz is outside the accepted {limits.min_rate}-"
+            f"{limits.max_rate} Hz; resample it (e.g. `sox IN -r 16000 OUT.wav`)",
+        )
+    if channels > limits.max_channels:
+        raise AudioError(
+            name, f"{channels} channels, over the {limits.max_channels} accepted; mix it down"
+        )
+    if limits.max_seconds is not None and frames > limits.max_seconds * rate:
+        raise AudioError(
+            name,
+            f"{frames / rate:.1f} s long, over the {limits.max_seconds:g} s limit "
+            f"(split the recording, or raise {limits.option})",
+        )
+
+
+def _blocks(source: AudioSource, limits: AudioLimits) -> Iterator[tuple[int, np.ndarray]]:
+    """(rate, float32 block of shape (frames, channels)) for the whole file, after the header
+    passed `check_format`. Counts what is really decoded too: a header that lies short cannot
+    slip more audio past the duration limit."""
     name = describe_source(source)
     handle = _open(source, name)
     start = 0 if isinstance(handle, str) else handle.tell()
     try:
         with sf.SoundFile(handle) as f:
-            rate, frames = f.samplerate, f.frames
-            if max_seconds is not None and frames > max_seconds * rate:
-                raise AudioError(
-                    name,
-                    f"{frames / rate:.1f} s long, over the {max_seconds:g} s limit "
-                    "(raise --max-seconds, or split the recording)",
-                )
-            wave = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+            check_format(name, rate, f.channels, f.frames, limits)
+            decoded = 0
+            for block in f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+                decoded += block.shape[0]
+                check_format(name, rate, f.channels, decoded, limits)
+                if not np.isfinite(block).all():
+                    raise AudioError(name, "holds NaN or infinite samples")
+                yield rate, block
+            if decoded == 0:
+                raise AudioError(name, "holds no audio samples (0 frames)")
     except sf.LibsndfileError as err:
         head = _read_head(handle, start)
         if _looks_like_text(head):
@@ -108,11 +156,18 @@ def decode(source: AudioSource, max_seconds: float | None = None) -> tuple[np.nd
         ) from None
     except RuntimeError as err:  # libsndfile reports some truncations as plain runtime errors
         raise AudioError(name, f"corrupt audio file ({err})") from None
-    if wave.shape[0] == 0:
-        raise AudioError(name, "holds no audio samples (0 frames)")
-    if not np.isfinite(wave).all():
-        raise AudioError(name, "holds NaN or infinite samples")
-    return wave, rate
+    except MemoryError:
+        raise AudioError(name, "too large to decode in memory; split the recording") from None
+
+
+def decode(source: AudioSource, limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int]:
+    """Decode to float32 of shape (frames, channels) at the file's own rate.
+
+    Raises AudioError naming the file when it is missing, empty, not audio, corrupt, holds no
+    samples or non-finite samples, or is outside `limits` (checked from the header first).
+    """
+    blocks = list(_blocks(source, limits))
+    return np.concatenate([block for _, block in blocks]), blocks[0][0]
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -128,20 +183,38 @@ def resample_to(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
 
 
 def load_audio(
-    source: AudioSource, sampling_rate: int, max_seconds: float | None = None
+    source: AudioSource, sampling_rate: int, limits: AudioLimits = AudioLimits()
 ) -> np.ndarray:
-    """Decode, validate, mix to mono and resample: float32 1-D at `sampling_rate`."""
-    wave, rate = decode(source, max_seconds=max_seconds)
-    return resample_to(to_mono(wave), rate, sampling_rate)
+    """Decode, validate, mix to mono and resample: float32 1-D at `sampling_rate`.
+
+    Blocks are mixed and resampled as they are decoded (soxr's stream gives the same samples
+    as resampling the whole signal at once), so memory follows the output's length."""
+    stream, out = None, []
+    for rate, block in _blocks(source, limits):
+        mono = to_mono(block)
+        if rate != sampling_rate:
+            if stream is None:
+                stream = soxr.ResampleStream(rate, sampling_rate, 1, "float32", quality="HQ")
+            mono = stream.resample_chunk(mono)
+        out.append(mono)
+    if stream is not None:
+        out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def prepare_array(
-    wave: Any, sampling_rate: int, target_rate: int, name: str = "<array>"
+    wave: Any,
+    sampling_rate: int,
+    target_rate: int,
+    name: str = "<array>",
+    limits: AudioLimits = AudioLimits(),
 ) -> np.ndarray:
-    """Validate an in-memory signal (1-D, or (frames, channels)) and bring it to `target_rate`."""
+    """Validate an in-memory signal (1-D, or (frames, channels)) and bring it to `target_rate`,
+    under the same `limits` as a file."""
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim not in (1, 2) or wave.size == 0:
         raise AudioError(name, f"expected a non-empty 1-D or 2-D array, got shape {wave.shape}")
+    check_format(name, sampling_rate, 1 if wave.ndim == 1 else wave.shape[1], len(wave), limits)
     if not np.isfinite(wave).all():
         raise AudioError(name, "holds NaN or infinite samples")
     return resample_to(to_mono(wave), sampling_rate, target_rate)

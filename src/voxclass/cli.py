@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .audio import AudioError
+from .audio import AudioError, AudioLimits
 from .config import ConfigError
 from .data import DataConfig, DataError
 from .model import ModelError, require_torch
@@ -100,7 +100,9 @@ def inspect(
     group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
     group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
     test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
-    max_seconds: float = typer.Option(600.0, help="Clips longer than this are reported bad."),
+    max_seconds: float = typer.Option(
+        AudioLimits.max_seconds, help="Clips longer than this are reported bad."
+    ),
     multi_label: bool = typer.Option(
         False, "--multi-label", help="Several labels per clip in a manifest cell (dog;siren)."
     ),
@@ -122,7 +124,7 @@ def inspect(
         multi_label=multi_label,
         label_separator=label_separator,
     )
-    summaries, bad = summarize(load_data(config), max_seconds=max_seconds)
+    summaries, bad = summarize(load_data(config), AudioLimits(max_seconds=max_seconds))
     labels = list(next(iter(summaries.values())).class_counts)
     table = Table(title=f"{source}")
     table.add_column("label")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, List, Value
 
-from .audio import AudioError, decode, is_audio_path
+from .audio import AudioError, AudioLimits, decode, is_audio_path
 
 # datasets' Audio feature encodes through torchcodec; build the column as a plain struct and cast.
 AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
@@ -390,14 +390,16 @@ class SplitSummary:
     groups: int | None
 
 
-def summarize(dd: DatasetDict, max_seconds: float | None = None) -> tuple[dict, list[AudioError]]:
+def summarize(
+    dd: DatasetDict, limits: AudioLimits = AudioLimits()
+) -> tuple[dict, list[AudioError]]:
     """Decode every clip once; return per-split summaries and *every* bad file found."""
     summaries, bad = {}, []
     for name, ds in dd.items():
         durations, rates, channels = [], Counter(), Counter()
         for example in ds:
             try:
-                wave, rate = decode(example["audio"], max_seconds=max_seconds)
+                wave, rate = decode(example["audio"], limits)
             except AudioError as err:
                 bad.append(err)
                 continue
