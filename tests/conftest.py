@@ -133,3 +133,27 @@ def write_local_wav2vec2(path: Path) -> Path:
     Wav2Vec2ForSequenceClassification(config).save_pretrained(path)
     Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """The Hub client in offline mode, and every outgoing connection or name lookup refused
+    and recorded: a test asserts the returned list stays empty, so it fails if the code would
+    reach the network, on a connected machine too. (Setting HF_HUB_OFFLINE in the environment
+    alone does nothing here: huggingface_hub reads it once, at import.)"""
+    import socket
+
+    import huggingface_hub.constants
+
+    attempts: list = []
+
+    def refuse(target, *args, **kwargs):
+        attempts.append(target)
+        raise OSError(f"test: network access to {target} refused")
+
+    monkeypatch.setattr(socket.socket, "connect", lambda sock, address: refuse(address))
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda sock, address: refuse(address))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return attempts

@@ -1,4 +1,8 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +37,29 @@ def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
     logged.clear()
     run_demo(DemoConfig(**{**vars(config), "test_per_intent": 2}), log=logged.append)
     assert any(line.startswith("synthesized 70 clips") for line in logged)  # another data set
+
+
+@pytest.mark.slow
+def test_demo_command_takes_demo_config_defaults_and_prints_the_report(tmp_path):
+    out = tmp_path / "demo"
+    options = {"train-per-intent": 2, "validation-per-intent": 1, "test-per-intent": 1}
+    args = [f"--{k}={v}" for k, v in {**options, "epochs": 1, "examples": 2}.items()]
+    run = subprocess.run(
+        [sys.executable, "-m", "voxclass", "demo", "--output", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "500"},  # rich wraps lines at 80 columns without a tty
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the training cap the CLI used is DemoConfig's default (one source of truth)
+    assert f"at most {DemoConfig.time_budget_minutes:g} min of training" in run.stderr
+    report = json.loads((out / "eval" / "report.json").read_text())
+    printed = re.search(r"accuracy ([\d.]+), macro-F1 ([\d.]+) on (\d+) clips", run.stdout)
+    assert printed, run.stdout
+    assert printed.groups() == (
+        f"{report['accuracy']:.3f}",
+        f"{report['macro_f1']:.3f}",
+        str(report["clips"]),
+    )
+    assert report["clips"] == 14 and f"report: {out / 'eval' / 'report.md'}" in run.stdout

@@ -20,9 +20,9 @@ def test_presets_have_specaugment_and_load_with_stock_transformers(tmp_path):
         assert type(AutoModelForAudioClassification.from_pretrained(tmp_path / name)) is type(model)
 
 
-def test_unreachable_hub_model_and_missing_directory_fail_clearly(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_model_and_missing_directory_fail_clearly(no_network, tmp_path):
     with pytest.raises(ModelError, match="cannot load 'facebook/wav2vec2-base' from the Hugging"):
         build_model("facebook/wav2vec2-base", ["a", "b"])
     with pytest.raises(ModelError, match="not a model directory"):
         build_model(str(tmp_path), ["a", "b"])
+    assert no_network == []  # failed from offline mode, without trying the network

@@ -175,11 +175,11 @@ def train(
     resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint."),
 ) -> None:
     """Train a classifier. Any TrainConfig field is also an option: --epochs 5 --batch-size 8,
-    --group-pattern REGEX, --class-weights true, --multi-label true, ... (see docs:
-    voxclass/train.py TrainConfig)."""
+    --group-pattern REGEX, --class-weights true, --multi-label true, --overwrite true, ... (see
+    docs: voxclass/train.py TrainConfig). Ctrl-C keeps the checkpoints: exit code 130."""
     require_torch("training")
     from .config import build_config, parse_overrides
-    from .train import TrainConfig
+    from .train import TrainConfig, interrupted_message
     from .train import train as run_training
 
     values = {
@@ -192,7 +192,11 @@ def train(
     settings = build_config(TrainConfig, config, values)
     if not settings.source:
         raise ConfigError("--data is required (on the command line or as `source:` in --config)")
-    out = run_training(settings)
+    try:
+        out = run_training(settings)
+    except KeyboardInterrupt:
+        err_console.print(interrupted_message(settings), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(f"model written to {out}")
 
 
@@ -314,21 +318,18 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
-def demo(
-    output: Path = typer.Option(Path("demo"), help="Folder for data/, model/ and eval/."),
-    time_budget_minutes: float = typer.Option(7.0, help="Upper bound on training time."),
-    seed: int = typer.Option(0, help="Seed of the data and the training run."),
-) -> None:
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def demo(ctx: typer.Context) -> None:
     """The whole loop offline: synthesize spoken banking requests, train the tiny preset,
-    evaluate on unseen voices, classify a few clips."""
+    evaluate on unseen voices, classify a few clips. Any DemoConfig field is an option, with
+    DemoConfig's default: --output DIR, --time-budget-minutes, --seed, --train-per-intent,
+    --epochs, ... (see docs: voxclass/demo.py DemoConfig)."""
     require_torch("the demo (it trains a model)")
+    from .config import build_config, parse_overrides
     from .demo import DemoConfig, run_demo
 
-    result = run_demo(
-        DemoConfig(output=output, time_budget_minutes=time_budget_minutes, seed=seed),
-        log=lambda m: err_console.print(f"[bold]>[/] {m}"),
-    )
+    config = build_config(DemoConfig, None, parse_overrides(ctx.args))
+    result = run_demo(config, log=lambda m: err_console.print(f"[bold]>[/] {m}"))
     table = Table(title="a few unseen-voice test clips")
     for column in ("clip", "true intent", "predicted (score)"):
         table.add_column(column)
@@ -342,7 +343,7 @@ def demo(
         f"{report['macro_f1']:.3f} on {report['clips']} clips; total "
         f"{result['total_seconds']:.0f} s (synth {result['synth_seconds']:.0f} s, "
         f"training {result['train_seconds']:.0f} s)\n"
-        f"model: {result['model']}  report: {output / 'eval' / 'report.md'}"
+        f"model: {result['model']}  report: {config.output / 'eval' / 'report.md'}"
     )
 
 

@@ -39,6 +39,9 @@ class DemoConfig:
     seed: int = 0
     """Seed of the data and the training run."""
 
+    def __post_init__(self):
+        self.output = Path(self.output)  # a string from the command line or YAML
+
 
 def demo_data(config: DemoConfig) -> SynthConfig:
     """The demo's synthetic data set."""
@@ -61,6 +64,7 @@ def demo_training(config: DemoConfig, data: Path, output: Path) -> TrainConfig:
         epochs=config.epochs,
         augment_copies=1,
         time_budget_minutes=config.time_budget_minutes,
+        overwrite=True,  # OUTPUT/model is the demo's own: a rerun replaces it
     )
 
 

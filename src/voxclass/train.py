@@ -4,7 +4,7 @@ Reads like the transformers example it improves on: build datasets, build model,
 TrainingArguments, Trainer, train(). What changes is in the defaults and the collator:
 no 1 s truncation, per-batch padding over length-grouped batches, augmentation, best model by
 macro-F1, early stopping, resumable checkpoints, and an output directory that is only ever
-complete (written to a temp dir, then renamed).
+complete (written to a temp dir, then renamed) and never replaces a folder voxclass did not write.
 
 Multi-process / multi-node runs go through the standard engine: `torchrun ... -m voxclass train`
 or `accelerate launch -m voxclass train`; the Trainer picks up the environment they set.
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +34,6 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import ConfigError, save_config
 from .data import DataConfig, DataError, is_multi_label, label_names, load_data
@@ -57,6 +58,9 @@ class TrainConfig(DataConfig):
     """Hub id, local model directory, or preset name (tiny, small, tiny-wav2vec2)."""
     output: str = "model"
     """Final model directory. Checkpoints live in OUTPUT.work/ until training completes."""
+    overwrite: bool = False
+    """Replace OUTPUT if it holds an earlier voxclass model (and discard the checkpoints of an
+    interrupted run in OUTPUT.work/). A folder voxclass did not write is never replaced."""
     max_seconds: float | None = None
     """Longest clip kept whole; default: 95th percentile of training clip lengths, capped 30 s."""
     epochs: float | None = None
@@ -102,6 +106,172 @@ class TrainConfig(DataConfig):
 def work_dir(config: TrainConfig) -> Path:
     out = Path(config.output)
     return out.parent / f"{out.name}.work"
+
+
+# Every voxclass output holds these: an existing folder without them is not voxclass's.
+OUTPUT_MARKERS = ("config.json", "metrics.json", "voxclass_config.yaml")
+# While OUTPUT is written, its temp folders sit beside it: `.NAME.voxclass-new-PID` (the new
+# output) and `.NAME.voxclass-old-PID` (the earlier one, removed once the new one is in place).
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.voxclass-(?P<kind>new|old)-(?P<pid>\d+)")
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (or a single process): the only one that moves folders."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_voxclass_output(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in OUTPUT_MARKERS)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT.fullmatch(path.name)
+    return int(match[1]) if match and path.is_dir() else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """The Trainer writes a checkpoint's model, optimizer, scheduler and RNG state first and
+    trainer_state.json last: a folder cut short by a kill lacks it or holds a truncated one."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    return (path / "optimizer.pt").is_file() and any((path / w).is_file() for w in weights)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing. (transformers' get_last_checkpoint
+    takes the highest-numbered folder, even one a kill left half-written.)"""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.iterdir() if checkpoint_step(p) is not None]
+    complete = [p for p in complete if is_complete_checkpoint(p)]
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def is_voxclass_work_dir(path: Path) -> bool:
+    """OUTPUT.work as voxclass leaves it: a `checkpoints` folder of `checkpoint-N` folders."""
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if any(e.name != "checkpoints" or not e.is_dir() for e in entries):
+        return False
+    return all(checkpoint_step(c) is not None for e in entries for c in e.iterdir())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_write(config: TrainConfig) -> None:
+    """Clean up after a run killed while writing OUTPUT: its half-written new output is
+    removed; an earlier output it had moved aside is put back if OUTPUT is missing (killed
+    between the two renames), else removed. Temp folders of a live run are left alone."""
+    out = Path(config.output)
+    if not out.parent.is_dir():
+        return
+    for path in sorted(out.parent.glob(f".{out.name}.voxclass-*")):
+        match = LEFTOVER.fullmatch(path.name)
+        if not match or match["name"] != out.name or _pid_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not out.exists():
+            path.rename(out)
+        else:
+            shutil.rmtree(path)
+
+
+def check_replaceable(config: TrainConfig) -> None:
+    """OUTPUT may be written: it does not exist, is an empty folder, or is an earlier voxclass
+    output and `--overwrite` is on. Anything else stays untouched."""
+    out = Path(config.output)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not is_voxclass_output(out):
+        raise ConfigError(
+            f"--output {out} exists and voxclass did not write it (no "
+            f"{', '.join(OUTPUT_MARKERS)}): choose a new folder; voxclass never replaces it"
+        )
+    if not config.overwrite:
+        raise ConfigError(
+            f"--output {out} holds an earlier voxclass model: pass --overwrite true to "
+            f"replace it, or choose a new folder"
+        )
+
+
+def check_apart_from_data(config: TrainConfig, data: Iterable[Path]) -> None:
+    """Neither OUTPUT (replaced at the end) nor OUTPUT.work (removed at the end) may be a data
+    folder, hold one, or lie inside one; `--overwrite` does not change that."""
+    targets = [Path(config.output).resolve(), work_dir(config).resolve()]
+    for path in {Path(p).resolve() for p in data}:
+        for target in targets:
+            if target == path or target in path.parents or path in target.parents:
+                raise ConfigError(
+                    f"--output {config.output}: {target} would hold or sit inside the "
+                    f"training data ({path}); choose a folder outside the data"
+                )
+
+
+def check_output(config: TrainConfig) -> None:
+    """Before any data is read: OUTPUT is replaceable (see `check_replaceable`), apart from
+    the data source, and OUTPUT.work is voxclass's own, its checkpoints kept unless
+    `--resume` continues them or `--overwrite` starts over."""
+    source = Path(config.source)
+    check_apart_from_data(config, [source] if source.exists() else [])
+    check_replaceable(config)
+    work = work_dir(config)
+    if not work.exists():
+        return
+    if not is_voxclass_work_dir(work):
+        raise ConfigError(
+            f"{work} exists and voxclass did not make it (it keeps checkpoints there): move "
+            f"it away or choose another --output"
+        )
+    if not (config.resume or config.overwrite) and last_complete_checkpoint(work / "checkpoints"):
+        raise ConfigError(
+            f"{work} holds the checkpoints of an interrupted run: continue it with --resume, "
+            f"or start over with --overwrite true"
+        )
+
+
+def clip_folders(dd: DatasetDict) -> set[Path]:
+    """Folders holding the clips of a manifest (which may point anywhere)."""
+    paths = (a["path"] for split in dd.values() for a in split["audio"])
+    return {Path(p).parent for p in paths if p and os.path.isabs(p)}
+
+
+def resume_checkpoint(config: TrainConfig) -> Path:
+    """The last complete checkpoint in OUTPUT.work/; incomplete ones are removed, so the
+    Trainer neither counts them among the checkpoints it keeps nor writes into them."""
+    checkpoints = work_dir(config) / "checkpoints"
+    last = last_complete_checkpoint(checkpoints)
+    if last is None:
+        raise ModelError(
+            f"--resume: no complete checkpoint in {checkpoints}; start without --resume"
+        )
+    if is_main_process():
+        for path in checkpoints.iterdir():
+            if checkpoint_step(path) is not None and not is_complete_checkpoint(path):
+                shutil.rmtree(path)
+    return last
+
+
+def interrupted_message(config: TrainConfig) -> str:
+    """What to tell a user who stopped training (Ctrl-C)."""
+    work = work_dir(config)
+    if last_complete_checkpoint(work / "checkpoints") is None:
+        return "training interrupted before its first checkpoint: run the same command again"
+    return (
+        f"training interrupted; its checkpoints are kept in {work}/: continue with the same "
+        f"command and --resume"
+    )
 
 
 def decode_data(dd: DatasetDict, config: TrainConfig, sampling_rate: int) -> DatasetDict:
@@ -219,8 +389,10 @@ class VoxTrainer(Trainer):
 
 
 class TimeBudget(TrainerCallback):
-    """Ends training once the wall-clock budget is spent; the epoch ends early, is evaluated
-    and checkpointed, so the best model so far is kept."""
+    """Ends training once the wall-clock budget is spent; the epoch ends early and, like any
+    epoch end, is evaluated and checkpointed, so the best model so far is kept. It asks for
+    no evaluation itself: a second one would log the step twice and count twice toward
+    early stopping."""
 
     def __init__(self, minutes: float):
         self.deadline = time.monotonic() + minutes * 60
@@ -228,7 +400,6 @@ class TimeBudget(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() > self.deadline:
             control.should_training_stop = True
-            control.should_evaluate = control.should_save = True
         return control
 
 
@@ -263,14 +434,28 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         report_to="none",
         disable_tqdm=False,
         save_only_model=False,
+        # A resumed run continues early stopping's count of evaluations without progress.
+        restore_callback_states_from_checkpoint=True,
     )
 
 
-def train(config: TrainConfig) -> Path:
-    """Train and write the final model directory; returns its path."""
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Train and write the final model directory; returns its path.
+
+    `callbacks`: your own TrainerCallbacks, run after voxclass's (early stopping, time
+    budget). Before any data is decoded, OUTPUT and OUTPUT.work are checked (see
+    `check_output`): nothing voxclass did not write is ever replaced or removed."""
     set_seed(config.seed)
     from_scratch = config.model in PRESETS
+    if is_main_process():
+        recover_interrupted_write(config)
+    check_output(config)
+    checkpoint = resume_checkpoint(config) if config.resume else None
     dd = load_data(config)
+    if Path(config.source).is_file():  # a manifest's clips may lie anywhere
+        check_apart_from_data(config, clip_folders(dd))
+    if not config.resume and is_main_process():
+        shutil.rmtree(work_dir(config), ignore_errors=True)  # voxclass's own, checked above
     labels = label_names(dd["train"])  # sorted, deterministic
     multi = is_multi_label(dd["train"])
     # Before decoding: an impossible combination fails fast. Augmented copies do not change
@@ -309,11 +494,11 @@ def train(config: TrainConfig) -> Path:
     )
 
     args = training_arguments(config, from_scratch)
-    callbacks: list[TrainerCallback] = []
+    stops: list[TrainerCallback] = []
     if config.early_stopping:
-        callbacks.append(EarlyStoppingCallback(config.early_stopping))
+        stops.append(EarlyStoppingCallback(config.early_stopping))
     if config.time_budget_minutes:
-        callbacks.append(TimeBudget(config.time_budget_minutes))
+        stops.append(TimeBudget(config.time_budget_minutes))
     trainer = VoxTrainer(
         model=model,
         args=args,
@@ -325,16 +510,14 @@ def train(config: TrainConfig) -> Path:
         processing_class=extractor,
         compute_metrics=compute_metrics,
         compute_loss_func=compute_loss,
-        callbacks=callbacks,
+        callbacks=[*stops, *callbacks],
     )
-    checkpoint = None
-    if config.resume:
-        checkpoints = Path(args.output_dir)
-        checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        if checkpoint is None:
-            raise ModelError(f"--resume: no checkpoint in {checkpoints}; start without --resume")
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        close_progress_bars(trainer)
+        raise
     seconds = time.perf_counter() - start
     # Per-epoch history before the final evaluation of the best model, which would repeat it.
     epochs = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
@@ -364,6 +547,18 @@ def train(config: TrainConfig) -> Path:
     return out
 
 
+def close_progress_bars(trainer: Trainer) -> None:
+    """Ctrl-C skips the Trainer's on_train_end, which closes its progress bars; left open,
+    tqdm redraws them at exit, below the message saying how to resume."""
+    for callback in trainer.callback_handler.callbacks:
+        for bar in (
+            getattr(callback, "training_bar", None),
+            getattr(callback, "prediction_bar", None),
+        ):
+            if bar is not None:
+                bar.close()
+
+
 def freeze_pretrained_encoder(model, from_scratch: bool, enabled: bool) -> bool:
     """Freeze the CNN feature encoder of a pretrained wav2vec2-family model: its features are
     already good and fine-tuning them on little data hurts. A preset learns them from scratch."""
@@ -374,21 +569,27 @@ def freeze_pretrained_encoder(model, from_scratch: bool, enabled: bool) -> bool:
 
 
 def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
-    """Model, extractor, metrics, config and card into a temp dir, then renamed into place."""
+    """Model, extractor, metrics, config and card into a temp folder beside OUTPUT, then
+    renamed into place. An earlier output (checked again: still replaceable) is moved aside
+    first and removed only once the new one is in place."""
     out = Path(config.output)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))  # model + processing_class (the feature extractor)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    save_config(config, tmp / "voxclass_config.yaml")
-    (tmp / "README.md").write_text(model_card(config, metrics))
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+    check_replaceable(config)
+    tmp = out.parent / f".{out.name}.voxclass-new-{os.getpid()}"
+    old = out.parent / f".{out.name}.voxclass-old-{os.getpid()}"
+    try:
+        trainer.save_model(str(tmp))  # model + processing_class (the feature extractor)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        save_config(config, tmp / "voxclass_config.yaml")
+        (tmp / "README.md").write_text(model_card(config, metrics))
+        if out.exists():
+            out.rename(old)
         tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -430,8 +631,8 @@ audio, rate = sf.read("clip.wav", dtype="float32")
 if audio.ndim == 2:
     audio = audio.mean(axis=1)  # mono
 # pipeline() resamples only with torchaudio installed: bring the audio to the model's rate
-audio = soxr.resample(audio, rate, {metrics['sampling_rate']})
-print(clf({{"raw": audio, "sampling_rate": {metrics['sampling_rate']}}}, top_k=5))
+audio = soxr.resample(audio, rate, {metrics["sampling_rate"]})
+print(clf({{"raw": audio, "sampling_rate": {metrics["sampling_rate"]}}}, top_k=5))
 ```
 
 or with voxclass: `voxclass predict PATH_TO_THIS_FOLDER clip.wav --top-k 5`.
