@@ -17,12 +17,22 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, List, Value
+from datasets import (
+    Audio,
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    List,
+    Value,
+    load_dataset,
+)
 
 from .audio import AudioError, AudioLimits, decode, is_audio_path
 
@@ -147,23 +157,126 @@ def _label_set(value: object, separator: str, where: str) -> list[str]:
     return sorted(set(labels))
 
 
+# Where the Hub keeps the Parquet conversion the dataset viewer makes of every public dataset,
+# including those that ship a loading script: CONFIG/SPLIT/0000.parquet, 0001.parquet, ...; a
+# split too large to convert whole lives in CONFIG/partial-SPLIT/. Audio is embedded as bytes.
+PARQUET_CONVERSION = "hf://datasets/{name}@refs%2Fconvert%2Fparquet"
+# datasets >= 4 raises a RuntimeError starting with this for a dataset with a loading script.
+SCRIPT_REFUSAL = "Dataset scripts are no longer supported"
+
+
 def load_hub(config: DataConfig) -> DatasetDict:
-    """Load a Hub dataset (e.g. PolyAI/minds14, en-US, label `intent_class`)."""
-    from datasets import load_dataset
+    """Load a Hub dataset (e.g. PolyAI/minds14, en-US, label `intent_class`).
+
+    A dataset that ships a loading script (refused by datasets >= 4) is read from the Hub's
+    Parquet conversion instead, same config and split names, with one line on stderr saying so.
+    Every failure is a one-line DataError saying which of: no network, unknown dataset, unknown
+    config or split, gated or private dataset (log in), missing column."""
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # one clear error below instead of a page of retries
     try:
-        loaded = load_dataset(config.source, config.hub_config, split=config.hub_split)
-    except Exception as err:  # the Hub raises many kinds: connection, auth, not found
-        raise DataError(
-            f"cannot reach the Hugging Face Hub to load '{config.source}' "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
-            "check the name and your connection, or pass a local audiofolder or manifest"
-        ) from None
+        try:
+            loaded = load_dataset(config.source, config.hub_config, split=config.hub_split)
+        except RuntimeError as err:
+            if not str(err).startswith(SCRIPT_REFUSAL):
+                raise
+            loaded = _load_parquet_conversion(config)
+    except DataError:
+        raise
+    except Exception as err:  # the Hub raises many kinds: connection, auth, not found, ...
+        raise _hub_error(err, config) from None
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({config.hub_split or "train": loaded})
     return DatasetDict({name: normalize_hub_split(ds, config) for name, ds in loaded.items()})
+
+
+def _load_parquet_conversion(config: DataConfig) -> DatasetDict:
+    """The splits of `config.hub_config` from the Parquet conversion of a script dataset."""
+    import fsspec
+
+    root = PARQUET_CONVERSION.format(name=config.source)
+    fs, base = fsspec.core.url_to_fs(root)
+    try:
+        found = fs.glob(f"{base}/*/*/*.parquet")
+    except FileNotFoundError:  # no refs/convert/parquet revision
+        found = []
+    shards: dict[str, dict[str, list[str]]] = {}  # config -> split -> shard URLs
+    for path in sorted(found):
+        hub_config, split, shard = path.rsplit("/", 3)[-3:]
+        shards.setdefault(hub_config, {}).setdefault(split.removeprefix("partial-"), []).append(
+            f"{root}/{hub_config}/{split}/{shard}"
+        )
+    if not shards:
+        raise DataError(
+            f"'{config.source}' ships a loading script, which datasets >= 4 no longer runs, and "
+            "the Hub has no Parquet conversion of it (refs/convert/parquet); download the data "
+            "and pass a local audiofolder or manifest"
+        )
+    hub_config = config.hub_config or (next(iter(shards)) if len(shards) == 1 else None)
+    if hub_config not in shards:
+        raise _config_error(config, ", ".join(shards))
+    splits = shards[hub_config]
+    if config.hub_split and config.hub_split not in splits:
+        raise DataError(
+            f"'{config.source}' ({hub_config}) has no split '{config.hub_split}'; "
+            f"splits: {', '.join(splits)}"
+        )
+    wanted = {config.hub_split: splits[config.hub_split]} if config.hub_split else splits
+    partial = sorted(k for k, urls in wanted.items() if "/partial-" in urls[0])
+    print(
+        f"note: '{config.source}' ships a loading script, which datasets >= 4 no longer runs; "
+        f"reading the Hub's Parquet conversion of '{hub_config}' instead (refs/convert/parquet)"
+        + (f"; only part of {', '.join(partial)} is converted there" if partial else ""),
+        file=sys.stderr,
+    )
+    return load_dataset("parquet", data_files=wanted)
+
+
+def _listed(message: str) -> str:
+    """The names in the first `[...]` list of a datasets error message, comma-separated."""
+    found = re.search(r"\[([^\]]*)\]", message)
+    return ", ".join(re.findall(r"'([^']*)'", found.group(1))) if found else ""
+
+
+def _config_error(config: DataConfig, configs: str) -> DataError:
+    """Unknown (or missing, where the dataset has several) `--hub-config`, listing the known."""
+    given = f"has no config '{config.hub_config}'" if config.hub_config else "needs --hub-config"
+    known = f"; configs: {configs}" if configs else ""
+    return DataError(f"'{config.source}' {given}{known} (pick one with --hub-config)")
+
+
+def _hub_error(err: Exception, config: DataConfig) -> DataError:
+    """The one-line DataError for a failed Hub load, by what actually went wrong."""
+    import httpx
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    name, message = config.source, str(err)
+    login = "log in with `hf auth login` (or set HF_TOKEN)"
+    # datasets turns a GatedRepoError into DatasetNotFoundError and drops the cause: only its
+    # message tells a gated dataset from a missing one.
+    if isinstance(err, GatedRepoError) or "is a gated dataset" in message:
+        return DataError(
+            f"'{name}' is a gated dataset: accept its conditions at "
+            f"https://huggingface.co/datasets/{name}, then {login}"
+        )
+    if isinstance(err, (DatasetNotFoundError, RepositoryNotFoundError)):
+        return DataError(
+            f"'{name}' is not a dataset on the Hugging Face Hub, or it is private; check the "
+            f"name, or {login} with an account that can read it"
+        )
+    if isinstance(err, (ConnectionError, httpx.TransportError)):
+        return DataError(
+            f"cannot reach the Hugging Face Hub to load '{name}' ({type(err).__name__}); check "
+            "your connection (and HF_HUB_OFFLINE), or pass a local audiofolder or manifest"
+        )
+    if isinstance(err, ValueError) and ("BuilderConfig" in message or "Config name" in message):
+        return _config_error(config, _listed(message))
+    if isinstance(err, ValueError) and "Unknown split" in message:
+        return DataError(f"'{name}' has no split '{config.hub_split}'; splits: {_listed(message)}")
+    first_line = message.splitlines()[0][:200] if message else ""
+    return DataError(f"cannot load '{name}' from the Hub ({type(err).__name__}: {first_line})")
 
 
 def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from datasets import Dataset, DatasetDict
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     EarlyStoppingCallback,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -403,6 +405,47 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class EpochLog(TrainerCallback):
+    """One line per evaluation on stderr (epoch, training loss, the evaluated split's metrics),
+    then one for the best model on the test split: what a log file or CI gets instead of
+    progress bars redrawn hundreds of times."""
+
+    def __init__(self, evaluated_on: str):
+        self.evaluated_on = evaluated_on
+        self.loss: float | None = None
+        self.start = time.monotonic()
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss = logs["loss"]
+        if "eval_macro_f1" not in logs or not state.is_world_process_zero:
+            return
+        scores = (
+            f"loss {logs['eval_loss']:.4f}, accuracy {logs['eval_accuracy']:.4f}, "
+            f"macro-F1 {logs['eval_macro_f1']:.4f}"
+        )
+        if self.training:
+            loss = f"loss {self.loss:.4f}; " if self.loss is not None else ""
+            line = (
+                f"epoch {state.epoch:.3g}/{args.num_train_epochs:g}: {loss}{self.evaluated_on} "
+                f"{scores} ({time.monotonic() - self.start:.0f} s)"
+            )
+        else:
+            line = f"best model on test: {scores}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def by_length(ds: Dataset) -> Dataset:
+    """Clips shortest first, so evaluation batches are padded little. Not `Dataset.sort`: it
+    hands pyarrow >= 25 a deprecated sort option, a FutureWarning on every run."""
+    return ds.select(np.argsort(np.asarray(ds["length"]), kind="stable"))
+
+
 def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(work_dir(config) / "checkpoints"),
@@ -432,7 +475,8 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         # the CPU; otherwise each torchrun process would silently train alone.
         use_cpu=not torch.accelerator.is_available(),
         report_to="none",
-        disable_tqdm=False,
+        # Progress bars only on a terminal; elsewhere EpochLog writes a line per epoch.
+        disable_tqdm=not sys.stderr.isatty(),
         save_only_model=False,
         # A resumed run continues early stopping's count of evaluations without progress.
         restore_callback_states_from_checkpoint=True,
@@ -483,12 +527,12 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         seed=config.seed,
     )
     # Evaluation batches are padded to their longest clip: sort by length so padding stays small.
-    test_set = featurize(decoded["test"], extractor, rate, max_seconds).sort("length")
+    test_set = by_length(featurize(decoded["test"], extractor, rate, max_seconds))
     # The best epoch and early stopping are chosen on the validation split when the data has
     # one, so the final test figure is not selected on the test clips themselves.
     selected_on = "validation" if "validation" in decoded else "test"
     eval_set = (
-        featurize(decoded[selected_on], extractor, rate, max_seconds).sort("length")
+        by_length(featurize(decoded[selected_on], extractor, rate, max_seconds))
         if selected_on != "test"
         else test_set
     )
@@ -499,6 +543,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         stops.append(EarlyStoppingCallback(config.early_stopping))
     if config.time_budget_minutes:
         stops.append(TimeBudget(config.time_budget_minutes))
+    logs = [EpochLog(selected_on)] if args.disable_tqdm else []
     trainer = VoxTrainer(
         model=model,
         args=args,
@@ -510,8 +555,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         processing_class=extractor,
         compute_metrics=compute_metrics,
         compute_loss_func=compute_loss,
-        callbacks=[*stops, *callbacks],
+        callbacks=[*stops, *logs, *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat EpochLog's lines
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
