@@ -250,3 +250,19 @@ def test_rerun_replaces_its_own_output_and_refuses_other_folders(tmp_path):
     with pytest.raises(ConfigError, match="is not a `voxclass synth` output"):
         synthesize(SynthConfig(**{**vars(config), "out": tmp_path / "mine"}))
     assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
+
+
+def test_cli_bad_phrase_file_is_one_line_and_exit_2(tmp_path):
+    phrases = tmp_path / "p.yaml"
+    phrases.write_text("labels:\n  hello: ['hi {name}']\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "voxclass", "synth", str(tmp_path / "out"), "--phrases", phrases],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: {phrases}: label 'hello' uses unknown slot {{name}} in 'hi {{name}}'; "
+        "add it under `slots:` (slots: none)"
+    ]
+    assert not (tmp_path / "out").exists()
