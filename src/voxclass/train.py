@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Features, concatenate_datasets
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     EarlyStoppingCallback,
@@ -38,7 +38,14 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .config import ConfigError, save_config
-from .data import DataConfig, DataError, is_multi_label, label_names, load_data
+from .data import (
+    AUDIO_STRUCT,
+    DataConfig,
+    DataError,
+    is_multi_label,
+    label_names,
+    load_data,
+)
 from .features import (
     Augment,
     PadCollator,
@@ -103,6 +110,13 @@ class TrainConfig(DataConfig):
     """DataLoader worker processes."""
     sampling_rate: int | None = None
     """Model input rate; default: the feature extractor's."""
+    synth_phrases: str | None = None
+    """Phrase file (or a shipped one: banking, digits) to synthesize extra training clips from
+    (`voxclass synth`); they join the training split only. Its labels must be the data's."""
+    synth_per_label: int = 100
+    """Synthetic training clips per label with --synth-phrases."""
+    synth_channel: str = "telephone"
+    """Channel of the synthetic clips: telephone (made at 8 kHz), wideband or room (16 kHz)."""
 
 
 def work_dir(config: TrainConfig) -> Path:
@@ -298,6 +312,48 @@ def augmentation(config: TrainConfig, sampling_rate: int) -> Augment | None:
         return None
     noises = load_recordings(config.augment_noise, sampling_rate) if config.augment_noise else None
     return Augment(noises=noises)
+
+
+def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
+    """The training split plus clips synthesized from `config.synth_phrases` into the work
+    dir. Only training gets them: validation and test stay real, so their figures are too."""
+    from .synth import SynthConfig, load_phrases, synthesize
+
+    if is_multi_label(train_split):
+        raise ConfigError("--synth-phrases makes one label per clip; drop it with --multi-label")
+    labels, phrases = label_names(train_split), load_phrases(config.synth_phrases)
+    missing = sorted(set(labels) - set(phrases.labels))
+    extra = sorted(set(phrases.labels) - set(labels))
+    if missing or extra:
+        raise DataError(
+            f"{config.synth_phrases}: its labels must be the data's; without phrasings: "
+            f"{', '.join(missing) or 'none'}; not in the data: {', '.join(extra) or 'none'}"
+        )
+    folder = work_dir(config) / "synth"
+    rows = synthesize(
+        SynthConfig(
+            out=folder,
+            phrases=config.synth_phrases,
+            train_per_label=config.synth_per_label,
+            validation_per_label=0,
+            test_per_label=0,
+            test_voice_fraction=0,  # no synthetic test clips: every voice may train
+            channel=config.synth_channel,
+            sampling_rate=8000 if config.synth_channel == "telephone" else 16000,
+            seed=config.seed,
+        )
+    )["rows"]
+    columns = {
+        "audio": [{"path": str(folder / r["file_name"]), "bytes": None} for r in rows],
+        "label": [r["label"] for r in rows],
+    }
+    if "group" in train_split.column_names:
+        columns["group"] = [f"synthetic {r['voice']}" for r in rows]
+    # as in data.py: a plain struct, then cast (encoding an Audio feature needs torchcodec)
+    features = Features({**train_split.features, "audio": AUDIO_STRUCT})
+    synthetic = Dataset.from_dict(columns, features=features)
+    synthetic = synthetic.cast_column("audio", train_split.features["audio"])
+    return concatenate_datasets([train_split, synthetic])
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
@@ -501,6 +557,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     if not config.resume and is_main_process():
         shutil.rmtree(work_dir(config), ignore_errors=True)  # voxclass's own, checked above
     labels = label_names(dd["train"])  # sorted, deterministic
+    real_train_clips = len(dd["train"])
+    if config.synth_phrases:
+        dd["train"] = add_synthetic_clips(dd["train"], config)
     multi = is_multi_label(dd["train"])
     # Before decoding: an impossible combination fails fast. Augmented copies do not change
     # the class proportions, so weights from the clips equal weights from the copies.
@@ -576,6 +635,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
             **result.metrics,
             "wall_seconds": seconds,
             "train_clips": len(decoded["train"]),
+            "real_train_clips": real_train_clips,
+            "synthetic_train_clips": len(decoded["train"]) - real_train_clips,
             "test_clips": len(test_set),
         },
         "epochs": epochs,
@@ -640,7 +701,7 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
 
 
 def model_card(config: TrainConfig, metrics: dict) -> str:
-    final = metrics["final"]
+    final, clips = metrics["final"], metrics["train"]
     labels = ", ".join(f"`{x}`" for x in metrics["labels"])
     multi = (
         "\n- **Multi-label:** each label scored by its own sigmoid; accuracy is exact match of "
@@ -661,7 +722,8 @@ Audio classifier trained with [voxclass](https://pypi.org/project/voxclass/) fro
 - **Labels ({len(metrics["labels"])}):** {labels}{multi}
 - **Test accuracy:** {final.get("accuracy", float("nan")):.4f}
 - **Test macro-F1:** {final.get("macro_f1", float("nan")):.4f}
-- **Clips:** {metrics["train"]["train_clips"]} train, {metrics["train"]["test_clips"]} test
+- **Clips:** {clips["train_clips"]} train ({clips["real_train_clips"]} real, \
+{clips["synthetic_train_clips"]} synthetic), {clips["test_clips"]} test
 - **Max clip duration:** {metrics["max_seconds"]} s (longer audio: classify in windows)
 - **Training time:** {metrics["train"]["wall_seconds"]:.0f} s on {metrics["world_size"]} process(es)
 
