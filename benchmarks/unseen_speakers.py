@@ -10,6 +10,12 @@ accuracy on each held-out speaker and their mean.
 
     python benchmarks/unseen_speakers.py [--variants baseline,stride2,...] [--folds theo,...]
         [--data ../shared/data/fsdd] [--epochs N] [--lock /tmp/voxclass-cpu.lock] [--quick]
+        [--check speakers,synth-digits,new-wording]
+
+Two checks on synthetic speech (`voxclass.synth`, espeak-ng) run with `--check`:
+`synth-digits` trains on synthetic digit words only (`phrases/digits.yaml`, no real clip) and
+tests on each real speaker; `new-wording` trains on half of each banking intent's phrasings and
+tests on the other half, spoken by voices never used in training.
 
 `--lock FILE` holds an flock on FILE for each fold's training and test only, so that other jobs
 on a shared machine run between folds. `--quick` is a seconds-long smoke run (one fold, three
@@ -25,8 +31,8 @@ import fcntl
 import functools
 import json
 import re
+import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +53,7 @@ FSDD = next(
 )
 FILE_NAME = re.compile(r"^(?P<digit>\d+)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$")
 PRESET = "tiny"
+CHECKS = ("speakers", "synth-digits", "new-wording")
 
 
 @dataclass
@@ -58,11 +65,14 @@ class Variant:
     model: dict = field(default_factory=dict)
     """Model config attributes of the preset."""
     extractor: dict = field(default_factory=dict)
-    """Feature extractor attributes of the preset."""
+    """Feature extractor arguments of the preset (the extractor is rebuilt with them)."""
     augment: dict = field(default_factory=dict)
     """Augment fields."""
     args: dict = field(default_factory=dict)
     """TrainingArguments attributes."""
+    synth: dict = field(default_factory=dict)
+    """`{"per_label": N}`: add N synthetic digit words per label (`synth_digits`) to the
+    training split only (speakers check)."""
 
     def __add__(self, other: Variant) -> Variant:
         return Variant(
@@ -78,6 +88,16 @@ VARIANTS: dict[str, Variant] = {
     # frame rate: the preset stacks `stride` 20 ms frames at 8 kHz
     "stride2": Variant(model={"feature_projection_input_dim": 80}, extractor={"stride": 2}),
     "stride1": Variant(model={"feature_projection_input_dim": 40}, extractor={"stride": 1}),
+    # mel resolution at stride 2: fewer bins smooth more of the speaker's pitch away
+    "mel24": Variant(
+        model={"feature_projection_input_dim": 48},
+        extractor={"num_mel_bins": 24, "feature_size": 24, "stride": 2},
+    ),
+    "mel64": Variant(
+        model={"feature_projection_input_dim": 128},
+        extractor={"num_mel_bins": 64, "feature_size": 64, "stride": 2},
+    ),
+    "plus_synth": Variant(synth={"per_label": 150}),
     "nospecaug": Variant(model={"mask_time_prob": 0.0, "mask_feature_prob": 0.0}),
     "specaug2": Variant(model={"mask_time_prob": 0.1, "mask_feature_prob": 0.1}),
     "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
@@ -116,8 +136,10 @@ def applied(variant: Variant) -> Iterator[str]:
         config, extractor = preset_config(PRESET)
         for key, value in variant.model.items():
             setattr(config, key, value)
-        for key, value in variant.extractor.items():
-            setattr(extractor, key, value)
+        if variant.extractor:
+            arguments = ("feature_size", "sampling_rate", "num_mel_bins", "padding_value", "stride")
+            kept = {k: getattr(extractor, k) for k in arguments}
+            extractor = type(extractor)(**{**kept, **variant.extractor})
         return config, extractor
 
     def arguments(*a, **k):
@@ -151,19 +173,23 @@ def clips(data: Path, takes: int | None) -> list[dict]:
     return rows
 
 
-def write_fold(rows: list[dict], held_out: str, manifest: Path) -> None:
-    """A manifest with the held-out speaker as test and every tenth take of the others as
-    validation."""
+def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
+    """A CSV manifest (path, label, split) of the given clips."""
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "label", "speaker", "split"])
+        writer = csv.DictWriter(f, ["path", "label", "split"])
         writer.writeheader()
-        for r in rows:
-            if r["speaker"] == held_out:
-                split = "test"
-            else:
-                split = "validation" if int(r["take"]) % 10 == 0 else "train"
-            writer.writerow({"path": r["path"], "label": r["label"], "speaker": r["speaker"],
-                             "split": split})
+        for split, rows in splits.items():
+            writer.writerows({"path": r["path"], "label": r["label"], "split": split} for r in rows)
+
+
+def fold_splits(rows: list[dict], held_out: str) -> dict[str, list[dict]]:
+    """The held-out speaker as test, every tenth take of the others as validation."""
+    others = [r for r in rows if r["speaker"] != held_out]
+    return {
+        "train": [r for r in others if int(r["take"]) % 10],
+        "validation": [r for r in others if int(r["take"]) % 10 == 0],
+        "test": [r for r in rows if r["speaker"] == held_out],
+    }
 
 
 def pipeline_accuracy(model_dir: Path, rows: list[dict]) -> float:
@@ -189,42 +215,131 @@ def locked(path: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_fold(
-    variant: Variant, rows: list[dict], held_out: str, work: Path, epochs: float | None,
+def train_and_test(
+    variant: Variant,
+    splits: dict[str, list[dict]],
+    tests: dict[str, list[dict]],
+    work: Path,
+    epochs: float | None,
     lock: Path | None,
 ) -> dict:
-    manifest = work / f"{held_out}.csv"
-    write_fold(rows, held_out, manifest)
+    """Train the variant on `splits` (the trainer's own test: `splits["test"]`), then the stock
+    pipeline's accuracy on each of `tests`."""
+    manifest = work / "manifest.csv"
+    write_manifest(splits, manifest)
     settings = {"epochs": epochs} if epochs else {}
     with locked(lock), applied(variant) as preset:
         config = TrainConfig(
             source=str(manifest),
-            group_by="speaker",
             model=preset,
-            output=str(work / f"model-{held_out}"),
+            output=str(work / "model"),
             **{**settings, **variant.train},
         )
         model_dir = train(config)
-        test = [r for r in rows if r["speaker"] == held_out]
-        accuracy = pipeline_accuracy(model_dir, test)
+        accuracies = {name: pipeline_accuracy(model_dir, rows) for name, rows in tests.items()}
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    epochs_run = max((e.get("epoch", 0) for e in metrics["epochs"]), default=0)
+    shutil.rmtree(model_dir)
     return {
-        "accuracy": accuracy,
-        "trainer_accuracy": metrics["final"]["accuracy"],
-        "epochs": epochs_run,
+        "accuracy": accuracies,
+        "epochs": max((e.get("epoch", 0) for e in metrics["epochs"]), default=0),
         "seconds": metrics["train"]["wall_seconds"],
     }
+
+
+def synth_rows(out: Path) -> dict[str, list[dict]]:
+    """The clips of a `voxclass synth` folder by split, from its metadata.csv."""
+    by_split: dict[str, list[dict]] = {}
+    with open(out / "metadata.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            row = {"path": str(out / r["file_name"]), "label": r["label"]}
+            by_split.setdefault(r["split"], []).append(row)
+    return by_split
+
+
+def digit_words(out: Path, per_label: int) -> dict[str, list[dict]]:
+    """Synthetic digit words (`phrases/digits.yaml`; every voice, wideband at FSDD's 8 kHz)
+    in train and validation splits."""
+    from voxclass.synth import SynthConfig, synthesize
+
+    synthesize(
+        SynthConfig(
+            out=out,
+            phrases="digits",
+            train_per_label=per_label,
+            validation_per_label=max(1, per_label // 10),
+            test_per_label=0,
+            test_voice_fraction=0.0,
+            channel="wideband",
+            sampling_rate=8000,
+        )
+    )
+    return synth_rows(out)
+
+
+def synth_digits(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
+    """Synthetic digit words only as train and validation; every real clip as test, one test
+    set per speaker."""
+    synth = digit_words(work / "synth-digits", 5 if quick else 150)
+    speakers = sorted({r["speaker"] for r in rows})
+    splits = {"train": synth["train"], "validation": synth["validation"], "test": rows}
+    tests = {s: [r for r in rows if r["speaker"] == s] for s in speakers}
+    return {"splits": splits, "tests": tests}
+
+
+def added_synth(variant: Variant, tmp: Path, quick: bool, lock: Path | None) -> list[dict]:
+    """The variant's synthetic digit words for the training split (none for most variants)."""
+    if not variant.synth:
+        return []
+    per_label = 5 if quick else variant.synth["per_label"]
+    with locked(lock):
+        return digit_words(tmp / f"added-{per_label}", per_label)["train"]
+
+
+def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
+    """Synthetic banking requests: train on half of each intent's phrasings; test on unseen
+    voices saying trained phrasings, and unseen voices saying the other half (`rows`, the real
+    clips, are not used)."""
+    from voxclass.synth import NEW_WORDING_SPLIT, SynthConfig, synthesize
+
+    per_label = 4 if quick else 60
+    out = work / "new-wording"
+    synthesize(
+        SynthConfig(
+            out=out,
+            phrases="banking",
+            train_per_label=per_label,
+            validation_per_label=max(1, per_label // 10),
+            test_per_label=max(2, per_label // 3),
+            new_wording_per_label=max(2, per_label // 3),
+            new_wording_fraction=0.5,
+        )
+    )
+    synth = synth_rows(out)
+    splits = {k: synth[k] for k in ("train", "validation", "test")}
+    tests = {"unseen voices": synth["test"], "unseen wording": synth[NEW_WORDING_SPLIT]}
+    return {"splits": splits, "tests": tests}
+
+
+def table(title: str, results: dict[str, dict[str, float]], seconds: dict[str, float]) -> None:
+    columns = list(next(iter(results.values())))
+    print(f"\n{title}\n")
+    print("| variant | " + " | ".join(columns) + " | mean | train s |")
+    print("|---|" + "---|" * (len(columns) + 2))
+    for name, accuracies in results.items():
+        cells = " | ".join(f"{accuracies[c]:.3f}" for c in columns)
+        mean = np.mean(list(accuracies.values()))
+        print(f"| {name} | {cells} | **{mean:.3f}** | {seconds[name]:.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="baseline", help=f"of: {', '.join(VARIANTS)}")
     parser.add_argument("--folds", help="held-out speakers (default: all four)")
+    parser.add_argument("--check", default="speakers", help="of: " + ", ".join(CHECKS))
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs (screening)")
-    parser.add_argument("--lock", type=Path, help="flock this file around each fold")
-    parser.add_argument("--json", type=Path, help="also write every fold's result here")
+    parser.add_argument("--lock", type=Path, help="flock this file around each training run")
+    parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     args = parser.parse_args()
     rows = clips(args.data, takes=3 if args.quick else None)
@@ -235,35 +350,47 @@ def main() -> None:
     unknown = sorted(set(folds) - set(speakers))
     if unknown:
         raise SystemExit(f"--folds {', '.join(unknown)}: speakers are {', '.join(speakers)}")
-    names = args.variants.split(",")
-    variants = {name: variant_named(name) for name in names}
-    results: dict[str, dict[str, dict]] = {}
+    checks = args.check.split(",")
+    if set(checks) - set(CHECKS):
+        raise SystemExit(f"--check {args.check}: checks are {', '.join(CHECKS)}")
+    variants = {name: variant_named(name) for name in args.variants.split(",")}
+    results: dict[str, dict[str, dict]] = {check: {} for check in checks}
+    seconds: dict[str, dict[str, float]] = {check: {} for check in checks}
     with tempfile.TemporaryDirectory(prefix="unseen_speakers_") as tmp:
-        for name, variant in variants.items():
-            results[name] = {}
-            for held_out in folds:
-                work = Path(tmp) / re.sub(r"\W", "_", name)
-                work.mkdir(exist_ok=True)
-                start = time.perf_counter()
-                r = run_fold(variant, rows, held_out, work, args.epochs, args.lock)
-                results[name][held_out] = r
-                print(
-                    f"[{name}] held out {held_out}: accuracy {r['accuracy']:.3f} "
-                    f"({r['epochs']:.0f} epochs, {r['seconds']:.0f} s training, "
-                    f"{time.perf_counter() - start:.0f} s in all)",
-                    flush=True,
-                )
-                if args.json:
-                    args.json.write_text(json.dumps(results, indent=2))
+        runs = []  # (check, variant, label of the run, splits and tests)
+        for check in checks:
+            if check == "speakers":
+                for name, variant in variants.items():
+                    added = added_synth(variant, Path(tmp), args.quick, args.lock)
+                    for held_out in folds:
+                        held = fold_splits(rows, held_out)
+                        held["train"] = held["train"] + added
+                        runs.append((check, name, held_out, held, {held_out: held["test"]}))
+                continue
+            make = synth_digits if check == "synth-digits" else new_wording
+            with locked(args.lock):
+                made = make(rows, Path(tmp) / check, args.quick)
+            runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
+        for check, name, label, splits, tests in runs:
+            work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
+            work.mkdir()
+            r = train_and_test(variants[name], splits, tests, work, args.epochs, args.lock)
+            results[check].setdefault(name, {}).update(r["accuracy"])
+            seconds[check][name] = seconds[check].get(name, 0) + r["seconds"]
+            found = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+            print(f"[{check}: {name}] {found} ({r['epochs']:.0f} epochs, {r['seconds']:.0f} s)")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
     epochs = f"{args.epochs:g} epochs" if args.epochs else "the recipe's epochs"
-    print(f"\npreset {PRESET}, {epochs}; accuracy on the held-out speaker (stock pipeline)\n")
-    print("| variant | " + " | ".join(folds) + " | mean | train s/fold |")
-    print("|---|" + "---|" * (len(folds) + 2))
-    for name, by_fold in results.items():
-        accuracies = [by_fold[f]["accuracy"] for f in folds]
-        seconds = np.mean([by_fold[f]["seconds"] for f in folds])
-        cells = " | ".join(f"{a:.3f}" for a in accuracies)
-        print(f"| {name} | {cells} | **{np.mean(accuracies):.3f}** | {seconds:.0f} |")
+    titles = {
+        "speakers": "accuracy on each held-out FSDD speaker (trained on the other three)",
+        "synth-digits": "trained on synthetic digit words only; accuracy on each real speaker",
+        "new-wording": "synthetic banking requests; accuracy on unseen voices and unseen wording",
+    }
+    for check in checks:
+        table(f"preset {PRESET}, {epochs}, stock pipeline: {titles[check]}", results[check],
+              seconds[check] if check != "speakers" else {
+                  k: v / len(folds) for k, v in seconds[check].items()})
 
 
 if __name__ == "__main__":
