@@ -3,12 +3,13 @@
 Each fold trains on three of FSDD's four speakers (validation: every tenth take of those three,
 so the best epoch is chosen without the held-out voice), and tests on all 500 clips of the
 fourth with stock `transformers.pipeline("audio-classification")`. Training is voxclass's own
-`train()`: the `baseline` variant is exactly what `voxclass train --model tiny` ships. A variant
+`train()`: the `baseline` variant is exactly what `voxclass train --model PRESET` ships. A variant
 changes one thing (TrainConfig fields, model config, feature extractor, augmentation or
 TrainingArguments); join variants with `+` to combine them. Prints one row per variant: the
 accuracy on each held-out speaker and their mean.
 
-    python benchmarks/unseen_speakers.py [--variants baseline,stride2,...] [--folds theo,...]
+    python benchmarks/unseen_speakers.py [--preset tiny] [--variants baseline,stride2,...]
+        [--folds theo,...]
         [--data ../shared/data/fsdd] [--epochs N] [--lock /tmp/voxclass-cpu.lock] [--quick]
         [--check speakers,synth-digits,new-wording]
 
@@ -52,7 +53,6 @@ FSDD = next(
     Path("../shared/data/fsdd"),
 )
 FILE_NAME = re.compile(r"^(?P<digit>\d+)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$")
-PRESET = "tiny"
 CHECKS = ("speakers", "synth-digits", "new-wording")
 
 
@@ -129,11 +129,11 @@ def variant_named(name: str) -> Variant:
 
 
 @contextlib.contextmanager
-def applied(variant: Variant) -> Iterator[str]:
+def applied(variant: Variant, preset: str) -> Iterator[str]:
     """The preset name to train, with the variant's changes in place while training runs."""
 
     def spec():
-        config, extractor = preset_config(PRESET)
+        config, extractor = preset_config(preset)
         for key, value in variant.model.items():
             setattr(config, key, value)
         if variant.extractor:
@@ -148,7 +148,7 @@ def applied(variant: Variant) -> Iterator[str]:
             setattr(args, key, value)
         return args
 
-    name = f"{PRESET}@bench"
+    name = f"{preset}@bench"
     original_arguments = train_module.training_arguments
     PRESETS[name] = spec
     train_module.Augment = functools.partial(Augment, **variant.augment)
@@ -216,6 +216,7 @@ def locked(path: Path | None) -> Iterator[None]:
 
 
 def train_and_test(
+    preset: str,
     variant: Variant,
     splits: dict[str, list[dict]],
     tests: dict[str, list[dict]],
@@ -223,15 +224,15 @@ def train_and_test(
     epochs: float | None,
     lock: Path | None,
 ) -> dict:
-    """Train the variant on `splits` (the trainer's own test: `splits["test"]`), then the stock
-    pipeline's accuracy on each of `tests`."""
+    """Train the preset with the variant on `splits` (the trainer's own test:
+    `splits["test"]`), then the stock pipeline's accuracy on each of `tests`."""
     manifest = work / "manifest.csv"
     write_manifest(splits, manifest)
     settings = {"epochs": epochs} if epochs else {}
-    with locked(lock), applied(variant) as preset:
+    with locked(lock), applied(variant, preset) as name:
         config = TrainConfig(
             source=str(manifest),
-            model=preset,
+            model=name,
             output=str(work / "model"),
             **{**settings, **variant.train},
         )
@@ -336,6 +337,7 @@ def main() -> None:
     parser.add_argument("--variants", default="baseline", help=f"of: {', '.join(VARIANTS)}")
     parser.add_argument("--folds", help="held-out speakers (default: all four)")
     parser.add_argument("--check", default="speakers", help="of: " + ", ".join(CHECKS))
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs (screening)")
     parser.add_argument("--lock", type=Path, help="flock this file around each training run")
@@ -374,7 +376,9 @@ def main() -> None:
         for check, name, label, splits, tests in runs:
             work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
             work.mkdir()
-            r = train_and_test(variants[name], splits, tests, work, args.epochs, args.lock)
+            r = train_and_test(
+                args.preset, variants[name], splits, tests, work, args.epochs, args.lock
+            )
             results[check].setdefault(name, {}).update(r["accuracy"])
             seconds[check][name] = seconds[check].get(name, 0) + r["seconds"]
             found = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
@@ -388,7 +392,7 @@ def main() -> None:
         "new-wording": "synthetic banking requests; accuracy on unseen voices and unseen wording",
     }
     for check in checks:
-        table(f"preset {PRESET}, {epochs}, stock pipeline: {titles[check]}", results[check],
+        table(f"preset {args.preset}, {epochs}, stock pipeline: {titles[check]}", results[check],
               seconds[check] if check != "speakers" else {
                   k: v / len(folds) for k, v in seconds[check].items()})
 
