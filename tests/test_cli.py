@@ -67,7 +67,7 @@ def test_inspect_group_options(fsdd, monkeypatch, capsys):
 
 def test_synth_then_inspect(tmp_path, monkeypatch, capsys):
     out_dir = tmp_path / "s"
-    counts = ["--train-per-intent", "1", "--validation-per-intent", "1", "--test-per-intent", "1"]
+    counts = ["--train-per-label", "1", "--validation-per-label", "1", "--test-per-label", "1"]
     code, out, _ = run_cli(monkeypatch, capsys, "synth", out_dir, *counts)
     assert code == 0 and "wrote 42 clips" in out and "clips/s" in out
     code, out, err = run_cli(monkeypatch, capsys, "inspect", out_dir)

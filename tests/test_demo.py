@@ -12,16 +12,20 @@ def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
         train_per_intent=2,
         validation_per_intent=1,
         test_per_intent=1,
+        new_wording_per_intent=1,
         epochs=1,
         examples=2,
     )
     logged: list[str] = []
     result = run_demo(config, log=logged.append)
-    assert any(line.startswith("synthesized 56 clips") for line in logged)
+    assert any(line.startswith("synthesized 70 clips") for line in logged)
     assert (tmp_path / "demo/model/config.json").is_file()
     report = json.loads((tmp_path / "demo/eval/report.json").read_text())
     assert report["clips"] == 14  # the unseen-voice test split, one clip per intent
     assert result["report"]["accuracy"] == report["accuracy"]
+    new_wording = json.loads((tmp_path / "demo/eval_new_wording/report.json").read_text())
+    assert new_wording["clips"] == 14  # held-out phrasings, one clip per intent
+    assert result["new_wording_report"]["accuracy"] == new_wording["accuracy"]
     metrics = json.loads((tmp_path / "demo/model/metrics.json").read_text())
     assert metrics["selected_on"] == "validation"
     assert len(result["predictions"]) == 2
@@ -32,4 +36,4 @@ def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
     assert any(line.startswith("reusing synthetic data") for line in logged)
     logged.clear()
     run_demo(DemoConfig(**{**vars(config), "test_per_intent": 2}), log=logged.append)
-    assert any(line.startswith("synthesized 70 clips") for line in logged)  # another data set
+    assert any(line.startswith("synthesized 84 clips") for line in logged)  # another data set

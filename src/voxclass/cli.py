@@ -61,23 +61,48 @@ def synth(
     out: Path = typer.Argument(
         ..., help="Output folder (audiofolder with train/, validation/ and test/)."
     ),
-    train_per_intent: int = typer.Option(120, help="Training clips per intent."),
-    validation_per_intent: int = typer.Option(
-        10, help="Validation clips per intent (training voices; picks the best epoch)."
+    phrases: str = typer.Option(
+        "banking", help="Phrase file (YAML: labels, slots) or a shipped one: banking, digits."
     ),
-    test_per_intent: int = typer.Option(30, help="Test clips per intent (unseen voices)."),
+    train_per_label: int = typer.Option(120, help="Training clips per label."),
+    validation_per_label: int = typer.Option(
+        10, help="Validation clips per label (training voices; picks the best epoch)."
+    ),
+    test_per_label: int = typer.Option(30, help="Test clips per label (unseen voices)."),
+    new_wording_per_label: int = typer.Option(
+        0, help="Clips per label in test_new_wording (held-out phrasings, unseen voices)."
+    ),
+    channel: str = typer.Option("telephone", help="telephone (300-3400 Hz), wideband or room."),
+    sampling_rate: int = typer.Option(8000, help="8000 or 16000 Hz."),
+    accents: str = typer.Option(
+        None, help="Comma-separated espeak-ng English accents (default: all of them)."
+    ),
+    variants: str = typer.Option(
+        None, help="Comma-separated espeak-ng voice variants (default: every human-like one)."
+    ),
+    test_voice_fraction: float = typer.Option(
+        0.25, help="Part of the variants kept for the test splits (0: none, no test clips)."
+    ),
     seed: int = typer.Option(0, help="Same seed, same files."),
 ) -> None:
-    """Generate synthetic MInDS-14-style spoken banking requests (14 intents, 8 kHz)."""
+    """Generate spoken clips from text: each label's phrasings from a phrase file, said by
+    espeak-ng's English voices (default: 14 MInDS-14-style banking intents, 8 kHz telephone)."""
     from rich.progress import Progress
 
     from .synth import SynthConfig, synthesize
 
     config = SynthConfig(
         out=out,
-        train_per_intent=train_per_intent,
-        validation_per_intent=validation_per_intent,
-        test_per_intent=test_per_intent,
+        phrases=phrases,
+        train_per_label=train_per_label,
+        validation_per_label=validation_per_label,
+        test_per_label=test_per_label,
+        new_wording_per_label=new_wording_per_label,
+        channel=channel,
+        sampling_rate=sampling_rate,
+        accents=[a for a in (accents or "").split(",") if a] or None,
+        variants=[v for v in (variants or "").split(",") if v] or None,
+        test_voice_fraction=test_voice_fraction,
         seed=seed,
     )
     with Progress(console=err_console, transient=True) as progress:
@@ -334,10 +359,12 @@ def demo(
         path = Path(p.source)
         table.add_row(path.name, path.parent.name, f"{p.labels[0]} ({p.scores[0]:.2f})")
     console.print(table)
-    report = result["report"]
+    report, new_wording = result["report"], result["new_wording_report"]
     console.print(
         f"unseen-voice test accuracy [bold]{report['accuracy']:.3f}[/], macro-F1 "
-        f"{report['macro_f1']:.3f} on {report['clips']} clips; total "
+        f"{report['macro_f1']:.3f} on {report['clips']} clips; unseen wording (and voices) "
+        f"accuracy [bold]{new_wording['accuracy']:.3f}[/], macro-F1 "
+        f"{new_wording['macro_f1']:.3f} on {new_wording['clips']} clips; total "
         f"{result['total_seconds']:.0f} s (synth {result['synth_seconds']:.0f} s, "
         f"training {result['train_seconds']:.0f} s)\n"
         f"model: {result['model']}  report: {output / 'eval' / 'report.md'}"

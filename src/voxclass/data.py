@@ -29,7 +29,8 @@ from .audio import AudioError, decode, is_audio_path
 # datasets' Audio feature encodes through torchcodec; build the column as a plain struct and cast.
 AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
 
-SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval"}
+# test_new_wording: the second test split of `voxclass synth` (phrasings never used in training)
+SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval", "test_new_wording"}
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json"}
 
 

@@ -1,13 +1,25 @@
-"""Synthetic MInDS-14-style spoken banking requests, so the whole loop runs offline.
+"""Spoken training data from text: a phrase file in, an audiofolder of synthetic speech out.
+
+A phrase file (YAML) maps each label to phrasings whose `{slot}` fields are filled with random
+values of that slot (`phrases/banking.yaml` is the 14 MInDS-14 banking intents, the default;
+`phrases/digits.yaml` the ten FSDD digit words):
+
+    labels:
+      balance: ["what's my balance", "how much is in my {account}"]
+    slots:
+      account: ["current account", "savings account"]
 
 Speech comes from espeak-ng as shipped in the `espeakng-loader` wheel (no system packages),
-driven through its C API with ctypes. Each clip is a customer's request in one of the 14
-MInDS-14 intents, said by an English accent + voice variant at a varied rate and pitch, then
-passed through a telephone channel (300-3400 Hz band, 8 kHz mono, light noise) like MInDS-14.
+driven through its C API with ctypes. Each clip is said by an English accent + voice variant
+(every English accent and every human-like variant espeak-ng ships) at a varied rate and pitch,
+then passed through a channel: telephone (300-3400 Hz band, like MInDS-14), wideband, or room
+(wideband with reverberation), with light noise.
 
 Test clips use voice variants never used in train, so the test score says something about
 speakers the model has not heard. Validation clips are new clips by the training voices: training
-picks its best epoch on them, so the test split is used once, for the final figure.
+picks its best epoch on them, so the test split is used once, for the final figure. The optional
+`test_new_wording` split holds out a fixed part of each label's phrasings (never said in any
+other split) and is spoken by the test voices: a figure for wording the model never heard.
 """
 
 from __future__ import annotations
@@ -17,315 +29,120 @@ import ctypes
 import os
 import random
 import re
+import shutil
+import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
-from scipy.signal import butter, sosfilt
+import yaml
+from scipy.signal import butter, fftconvolve, sosfilt
 
-INTENTS: dict[str, list[str]] = {
-    "abroad": [
-        "hi I'm going to {place} next week can I use my card over there",
-        "I'm travelling to {place} do I need to tell you before I go",
-        "will my debit card work abroad in {place}",
-        "I want to let the bank know I'll be overseas in {place}",
-        "hello yes what are the fees for using my card abroad",
-        "can I take money out of a cash machine in {place}",
-        "I'm on holiday in {place} and I need to use my card",
-        "how do I set up a travel notice for {place}",
-        "do you charge for foreign transactions when I'm abroad",
-        "I'll be working in {place} for a month will my account still work",
-        "I need to pay for things in {place} with my card is that okay",
-        "my son is studying in {place} can he use the card over there",
-        "what exchange rate do you use when I spend money abroad",
-        "um I'm flying to {place} tomorrow I'd like to use my card there",
-        "can I withdraw euros with my card when I'm in {place}",
-    ],
-    "address": [
-        "I moved house and I need to change my address",
-        "hi I want to update the address on my account",
-        "how do I change my home address with you",
-        "I've just moved to {place} can you update my details",
-        "my address is wrong on my statements can I fix it",
-        "I need to give you my new postal address",
-        "hello I'd like to update where you send my letters",
-        "can I change my address online or do I have to call",
-        "we relocated to {place} last month I need to change the address",
-        "please update my billing address",
-        "um yeah my address has changed how do I tell the bank",
-        "I want my cards sent to a new address",
-        "where can I update my contact address in the app",
-        "I moved out of my flat so my address needs changing",
-        "can you change the correspondence address on my account",
-    ],
-    "app_error": [
-        "your app keeps crashing when I try to log in",
-        "hi the mobile app isn't working it shows an error",
-        "I can't open the banking app on my phone",
-        "the app says something went wrong every time I pay someone",
-        "the app freezes when I look at my balance",
-        "I get an error code in the app when I transfer money",
-        "hello the app won't let me sign in since the update",
-        "why does the banking app keep logging me out",
-        "the app shows a blank screen after I enter my password",
-        "I updated the app and now it doesn't work at all",
-        "um there's a bug in your app it won't load my account",
-        "the app is stuck on the loading screen",
-        "I can't scan cheques in the app it just crashes",
-        "your app gives me a network error but my internet is fine",
-        "the fingerprint login in the app has stopped working",
-    ],
-    "atm_limit": [
-        "what's the most I can take out of a cash machine in one day",
-        "I need to withdraw {amount} can I do that at an ATM",
-        "hi can you raise my daily ATM limit",
-        "the cash machine won't give me more than {amount}",
-        "how much cash can I withdraw per day",
-        "I'd like to increase my withdrawal limit to {amount}",
-        "what's my daily cash withdrawal limit",
-        "the ATM said I reached my limit how do I change it",
-        "hello is there a limit on how much I can take out at the ATM",
-        "can I take out {amount} in cash today",
-        "um the machine only let me withdraw part of what I asked for",
-        "I need a higher cash limit for this week",
-        "why is my ATM limit so low",
-        "can you lower my cash machine limit for safety",
-        "what's the maximum withdrawal at an ATM abroad",
-    ],
-    "balance": [
-        "hi I'd like to check the balance on my account",
-        "how much money do I have in my current account",
-        "can you tell me my balance please",
-        "what's the balance on my savings account",
-        "I want to know how much is in my account",
-        "hello could you read me my account balance",
-        "um how much do I have left in my account",
-        "I need to check my balance before I pay {company}",
-        "what's my available balance right now",
-        "how do I see my balance without logging in",
-        "is there enough money in my account for {amount}",
-        "can I get my balance by text message",
-        "what is the current balance on my joint account",
-        "I'd like to hear my balance",
-        "how much money is in my checking account today",
-    ],
-    "business_loan": [
-        "I run a small business and I'd like to apply for a loan",
-        "hi what business loans do you offer",
-        "I need {amount} to expand my company can you help",
-        "how do I apply for a loan for my shop",
-        "what interest rate do you charge on business loans",
-        "hello I'm starting a company and need financing",
-        "can my business borrow {amount} from you",
-        "um I want to talk to someone about a commercial loan",
-        "what do I need to apply for a business loan",
-        "I need a loan to buy equipment for my business",
-        "do you lend to new businesses",
-        "how long does a business loan application take",
-        "I'd like to discuss a loan for my restaurant",
-        "can I get a business line of credit",
-        "my company {company} needs a loan of {amount}",
-    ],
-    "card_issues": [
-        "my card isn't working",
-        "hi my card got declined at {company} but I have money",
-        "the chip on my card is damaged",
-        "I think my card is broken it won't go in the machine",
-        "my card was swallowed by the cash machine",
-        "hello my contactless payments stopped working",
-        "I lost my card what should I do",
-        "my card has expired and the new one hasn't arrived",
-        "um my card keeps getting rejected online",
-        "my card was stolen yesterday",
-        "the card you sent me doesn't work",
-        "I need a replacement card my old one is bent",
-        "my card PIN isn't being accepted",
-        "why was my card declined at {company}",
-        "the magnetic strip on my card seems to be faulty",
-    ],
-    "cash_deposit": [
-        "how do I deposit cash into my account",
-        "hi I want to pay in {amount} in cash",
-        "can I deposit money at a cash machine",
-        "where can I put cash into my account",
-        "hello I have some cash I'd like to deposit",
-        "do you have a branch where I can pay in cash",
-        "um can I deposit coins at the counter",
-        "I want to put {amount} into my savings account",
-        "is there a limit on cash deposits",
-        "can I pay cash in at the post office",
-        "how long does a cash deposit take to show up",
-        "I need to deposit my wages in cash",
-        "can someone else deposit cash into my account",
-        "I'd like to make a cash deposit today",
-        "which machines accept cash deposits near {place}",
-    ],
-    "direct_debit": [
-        "I want to set up a direct debit",
-        "hi how do I cancel a direct debit to {company}",
-        "can I change the date of my direct debit",
-        "there's a direct debit I don't recognise on my account",
-        "hello I need to set up a direct debit for my rent",
-        "how do I see all my direct debits",
-        "um {company} took a direct debit twice this month",
-        "I'd like to stop a direct debit",
-        "can I set up a direct debit for {amount} a month",
-        "my direct debit to {company} failed why",
-        "how do I amend a direct debit",
-        "I need to cancel all my direct debits",
-        "when will my direct debit be taken",
-        "can you reverse a direct debit payment",
-        "I want {company} to collect by direct debit",
-    ],
-    "freeze": [
-        "I need to freeze my account right now",
-        "hi can you block my card I think someone's using it",
-        "please freeze my card I lost it",
-        "how do I temporarily freeze my card",
-        "hello I want to lock my account",
-        "um there are payments I didn't make please freeze everything",
-        "can I freeze my card in the app",
-        "I'd like to put a hold on my account",
-        "block my card immediately please",
-        "I want to unfreeze my card",
-        "someone stole my wallet freeze my cards",
-        "how do I stop all payments from my account",
-        "can you suspend my debit card",
-        "I need my account frozen for fraud",
-        "please put a block on my credit card",
-    ],
-    "high_value_payment": [
-        "I need to make a large payment of {amount}",
-        "hi I want to transfer {amount} to another bank",
-        "how do I send a high value payment",
-        "I'm buying a house and need to pay {amount}",
-        "hello can I make a payment over my daily limit",
-        "um I need to pay {amount} to {company} today",
-        "what's the limit for a single transfer",
-        "I'd like to send a big sum of money",
-        "my payment of {amount} was blocked",
-        "how do I pay for a car costing {amount}",
-        "can I raise my transfer limit for one payment",
-        "I have to transfer a large amount urgently",
-        "I need to send {amount} abroad",
-        "is there extra security for large payments",
-        "I want to make a same day payment of {amount}",
-    ],
-    "joint_account": [
-        "I want to open a joint account with my partner",
-        "hi how do I add my wife to my account",
-        "can I open a joint account online",
-        "hello my husband and I want a shared account",
-        "how do I remove someone from a joint account",
-        "um what do we need to open a joint account",
-        "can three people have a joint account",
-        "I'd like to turn my account into a joint account",
-        "my partner and I want to combine our accounts",
-        "can I add my daughter to my account",
-        "how do joint accounts work",
-        "we want to close our joint account",
-        "can both of us have a card on the joint account",
-        "I need to take my ex off our joint account",
-        "what happens to a joint account if we split up",
-    ],
-    "latest_transactions": [
-        "can you tell me my latest transactions",
-        "hi what were my last few payments",
-        "I want to check my recent transactions",
-        "hello what have I spent this week",
-        "um can you read me the last five transactions",
-        "did my payment to {company} go through",
-        "I'd like to see my recent activity",
-        "what came out of my account yesterday",
-        "show me my most recent card payments",
-        "has my salary been paid in",
-        "can I get a list of this month's transactions",
-        "what was the last payment from my account",
-        "I want to review my recent spending",
-        "did {company} take {amount} from my account",
-        "what are my pending transactions",
-    ],
-    "pay_bill": [
-        "I want to pay a bill",
-        "hi how do I pay my {company} bill",
-        "can I pay my electricity bill online",
-        "hello I need to pay {amount} to {company}",
-        "um how do I set up a new payee to pay a bill",
-        "I'd like to pay my phone bill",
-        "can I pay my credit card bill from this account",
-        "how do I pay my water bill",
-        "I need to pay my council tax",
-        "can I schedule a bill payment for next week",
-        "I want to pay my gas bill of {amount}",
-        "how do I pay an invoice from {company}",
-        "can you help me pay my internet bill",
-        "I have a bill of {amount} to pay today",
-        "please pay my {company} bill from my current account",
-    ],
-}
+from .config import ConfigError
 
-PLACES = [
-    "Spain",
-    "France",
-    "Japan",
-    "Canada",
-    "Mexico",
-    "Italy",
-    "Germany",
-    "Thailand",
-    "New York",
-    "London",
-    "Dublin",
-    "Sydney",
-    "Portugal",
-    "Greece",
-    "Brazil",
-    "Kenya",
-]
-COMPANIES = [
-    "Amazon",
-    "Netflix",
-    "Vodafone",
-    "British Gas",
-    "Tesco",
-    "Uber",
-    "Spotify",
-    "Verizon",
-    "Comcast",
-    "Apple",
-    "Walmart",
-    "Target",
-    "Shell",
-    "Costco",
-]
-AMOUNTS = [
-    "fifty pounds",
-    "two hundred dollars",
-    "five hundred pounds",
-    "a thousand dollars",
-    "three thousand pounds",
-    "ten thousand dollars",
-    "twenty five thousand pounds",
-    "eight hundred dollars",
-    "one hundred and fifty pounds",
-    "sixty thousand dollars",
-]
+CHANNELS = ("telephone", "wideband", "room")
+SAMPLING_RATES = (8000, 16000)
+NEW_WORDING_SPLIT = "test_new_wording"
+# English voices for another writing system, not another accent (Shavian alphabet).
+_NOT_ACCENTS = {"en-shaw"}
 
-# English accents that espeak-ng ships; combined with voice variants they make the speakers.
-ACCENTS = [
-    "en-us",
-    "en-gb-x-rp",
-    "en-029",
-    "en-gb-scotland",
-    "en-gb-x-gbclan",
-    "en-us-nyc",
-    "en-gb-x-gbcwmd",
-    "en",
-]
+
+@dataclass(frozen=True)
+class Phrases:
+    """A parsed phrase file: label -> phrasings, slot -> values (all non-empty)."""
+
+    labels: dict[str, list[str]]
+    slots: dict[str, list[str]]
+    source: str
+    """Where the phrases came from (a path, or the name of a shipped file)."""
+
+
+def shipped_phrase_files() -> list[str]:
+    """Names of the phrase files shipped in the package (`banking`, `digits`, ...)."""
+    folder = resources.files("voxclass") / "phrases"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _text_list(values, where: str, source: str) -> list[str]:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{source}: {where} has no entries; give it a non-empty list")
+    for i, value in enumerate(values, start=1):
+        # YAML reads `yes`, `no` or `1` as a bool or a number: a quoted string is what was meant
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{source}: {where}, entry {i} ({value!r}) is not text; quote it")
+    return list(values)
+
+
+def _fields(phrasing: str, where: str, source: str) -> list[str]:
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(phrasing) if field is not None]
+    except ValueError as err:
+        raise ConfigError(
+            f"{source}: {where} {phrasing!r}: {err} (write a literal brace as {{{{ or }}}})"
+        ) from None
+
+
+def parse_phrases(data, source: str) -> Phrases:
+    """Check a phrase file's content (`labels:` and optional `slots:`) and return it parsed.
+    Every problem is a ConfigError naming the file and the label, slot or phrasing."""
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
+        raise ConfigError(f"{source}: a phrase file maps `labels:` to phrasings (see README)")
+    unknown = sorted(set(data) - {"labels", "slots"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: labels, slots")
+    slots_data = data.get("slots") or {}
+    if not isinstance(slots_data, dict):
+        raise ConfigError(f"{source}: `slots:` maps each slot name to a list of values")
+    slots = {str(k): _text_list(v, f"slot '{k}'", source) for k, v in slots_data.items()}
+    if not data["labels"]:
+        raise ConfigError(f"{source}: `labels:` is empty; give at least one label")
+    labels = {}
+    for key, phrasings in data["labels"].items():
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            # YAML reads yes/no/on/off as booleans and 1.5 as a number
+            raise ConfigError(f"{source}: label {key!r} is not text; quote it in the file")
+        label = str(key)  # the digit labels 0..9 are read as integers: their text is exact
+        if not label.strip() or label.startswith(".") or re.search(r"[/\\]", label):
+            raise ConfigError(f"{source}: label {label!r} cannot be a folder name; rename it")
+        labels[label] = _text_list(phrasings, f"label '{label}'", source)
+        for phrasing in labels[label]:
+            for field in _fields(phrasing, f"label '{label}'", source):
+                if field not in slots:
+                    known = ", ".join(sorted(slots)) or "none"
+                    raise ConfigError(
+                        f"{source}: label '{label}' uses unknown slot {{{field}}} in "
+                        f"{phrasing!r}; add it under `slots:` (slots: {known})"
+                    )
+    return Phrases(labels=labels, slots=slots, source=source)
+
+
+def load_phrases(name_or_path: str | Path) -> Phrases:
+    """A phrase file by path, or by the name of a shipped one (`banking`, `digits`)."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in shipped_phrase_files():
+        shipped = resources.files("voxclass") / "phrases" / f"{name_or_path}.yaml"
+        return parse_phrases(yaml.safe_load(shipped.read_text()), str(name_or_path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such phrase file (or give a shipped one: "
+            f"{', '.join(shipped_phrase_files())})"
+        ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark = getattr(err, "problem_mark", None)  # YAML syntax errors say where
+        reason = (
+            f"{err.problem} at line {mark.line + 1}"
+            if mark is not None and getattr(err, "problem", None)
+            else str(err).splitlines()[0] or type(err).__name__
+        )
+        raise ConfigError(f"{path}: cannot read the phrase file ({reason})") from None
+    return parse_phrases(data, str(path))
 
 
 def _is_human_like(variant_text: str) -> bool:
@@ -340,16 +157,32 @@ def _is_human_like(variant_text: str) -> bool:
     return not (re.search(r"^\s*klatt\b", text, re.M) or (echo and int(echo.group(1)) > 20))
 
 
+def all_variants(data_path: str) -> list[str]:
+    """Every voice variant espeak-ng ships, sorted."""
+    return sorted(os.listdir(os.path.join(data_path, "voices", "!v")))
+
+
 def _variants(data_path: str) -> list[str]:
     """Human-like voice variants shipped by espeak-ng, sorted: the same list on every machine."""
     folder = os.path.join(data_path, "voices", "!v")
     return [
         name
-        for name in sorted(os.listdir(folder))
+        for name in all_variants(data_path)
         if " " not in name
         and name not in ("croak", "whisper", "whisperf")
         and _is_human_like(open(os.path.join(folder, name), errors="ignore").read())
     ]
+
+
+def english_accents(data_path: str) -> list[str]:
+    """Every English accent espeak-ng ships (its voice files whose language is `en*`), sorted."""
+    accents = set()
+    for root, _, files in os.walk(os.path.join(data_path, "lang")):
+        for name in files:
+            with open(os.path.join(root, name), errors="ignore") as f:
+                if re.search(r"^language\s+en(\s|-)", f.read(), re.M):
+                    accents.add(name.lower())
+    return sorted(accents - _NOT_ACCENTS)
 
 
 @dataclass
@@ -357,27 +190,96 @@ class SynthConfig:
     """What `voxclass synth` makes."""
 
     out: Path
-    """Output folder: OUT/{train,validation,test}/<intent>/*.wav and OUT/metadata.csv."""
-    train_per_intent: int = 120
-    """Training clips per intent."""
-    test_per_intent: int = 30
-    """Test clips per intent (spoken by voices never used in train)."""
-    validation_per_intent: int = 10
-    """Validation clips per intent (training voices, new clips; for choosing the best epoch)."""
+    """Output folder: OUT/<split>/<label>/*.wav and OUT/metadata.csv."""
+    phrases: str = "banking"
+    """Phrase file (YAML), or the name of a shipped one: banking, digits."""
+    train_per_label: int = 120
+    """Training clips per label."""
+    test_per_label: int = 30
+    """Test clips per label (spoken by voices never used in train)."""
+    validation_per_label: int = 10
+    """Validation clips per label (training voices, new clips; for choosing the best epoch)."""
+    new_wording_per_label: int = 0
+    """Clips per label in `test_new_wording`: held-out phrasings, said by the test voices."""
+    new_wording_fraction: float = 0.25
+    """With new_wording_per_label: the part of each label's phrasings held out of every other
+    split (the last ones in the file; at least one, never all)."""
     test_voice_fraction: float = 0.25
-    """Fraction of the voice variants reserved for the test split."""
-    seed: int = 0
-    """Same seed, same files, bit for bit."""
+    """Fraction of the voice variants reserved for the test splits (0: every voice in every
+    split, for synthetic training data alone)."""
+    accents: list[str] | None = None
+    """espeak-ng English accents to use (e.g. en-us,en-gb-x-rp); default: every one shipped."""
+    variants: list[str] | None = None
+    """espeak-ng voice variants to use (e.g. m1,f2); default: every human-like one shipped."""
+    channel: str = "telephone"
+    """telephone (300-3400 Hz band), wideband, or room (wideband with reverberation)."""
     sampling_rate: int = 8000
-    """Stored rate; 8 kHz telephone audio like MInDS-14."""
+    """Stored rate, 8000 or 16000 Hz; 8 kHz telephone audio like MInDS-14 by default."""
     noise_db: float = -45.0
     """Level of the background noise added on the line (dBFS, RMS)."""
+    seed: int = 0
+    """Same seed, same files, bit for bit."""
+
+    def per_label(self) -> dict[str, int]:
+        """Clips per label in each split that gets any."""
+        counts = {
+            "train": self.train_per_label,
+            "test": self.test_per_label,
+            "validation": self.validation_per_label,
+            NEW_WORDING_SPLIT: self.new_wording_per_label,
+        }
+        return {split: n for split, n in counts.items() if n}
 
     @property
     def clips(self) -> int:
         """How many clips the data set holds, all splits together."""
-        per_intent = self.train_per_intent + self.validation_per_intent + self.test_per_intent
-        return len(INTENTS) * per_intent
+        return len(load_phrases(self.phrases).labels) * sum(self.per_label().values())
+
+
+def check(config: SynthConfig) -> None:
+    """Settings that cannot work are a ConfigError before any audio is made."""
+    if config.channel not in CHANNELS:
+        raise ConfigError(f"--channel {config.channel!r}: choose {', '.join(CHANNELS)}")
+    if config.sampling_rate not in SAMPLING_RATES:
+        raise ConfigError(f"--sampling-rate {config.sampling_rate}: choose 8000 or 16000")
+    counts = (
+        config.train_per_label,
+        config.test_per_label,
+        config.validation_per_label,
+        config.new_wording_per_label,
+    )
+    if min(counts) < 0 or not sum(counts):
+        raise ConfigError("clips per label: give counts >= 0, at least one of them above 0")
+    for name in ("test_voice_fraction", "new_wording_fraction"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: give a fraction in [0, 1)")
+    uses_test_voices = config.test_per_label or config.new_wording_per_label
+    if uses_test_voices and not config.test_voice_fraction:
+        raise ConfigError("test clips need test voices: give --test-voice-fraction above 0")
+
+
+def voice_pools(config: SynthConfig, data_path: str) -> tuple[list[str], list[str]]:
+    """The accents and the voice variants to draw from; a name espeak-ng lacks is an error."""
+    pools = []
+    for name, chosen, shipped in (
+        ("accents", config.accents, english_accents(data_path)),
+        ("variants", config.variants, _variants(data_path)),
+    ):
+        known = shipped if name == "accents" else all_variants(data_path)
+        missing = [v for v in chosen or [] if v not in known]
+        if missing:
+            raise ConfigError(
+                f"--{name}: espeak-ng has no {name[:-1]} {', '.join(map(repr, missing))} "
+                f"(it has: {', '.join(known)})"
+            )
+        pools.append(list(chosen) if chosen else shipped)
+    accents, variants = pools
+    if config.test_voice_fraction and len(variants) < 2:
+        raise ConfigError(
+            "--variants: test voices must differ from training voices, so give at least two "
+            "variants (or --test-voice-fraction 0 without test clips)"
+        )
+    return accents, variants
 
 
 class Espeak:
@@ -413,7 +315,7 @@ class Espeak:
         # the clip so that the random part is the clip's own.
         self._lib.espeak_ng_SetRandSeed(seed)
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r}")
+            raise ConfigError(f"espeak-ng has no voice {voice!r}")
         for param, value in ((self._RATE, rate), (self._PITCH, pitch), (self._RANGE, pitch_range)):
             self._lib.espeak_SetParameter(param, value, 0)
         self._chunks.clear()
@@ -423,12 +325,32 @@ class Espeak:
         return np.concatenate(self._chunks).astype(np.float32) / 32768.0
 
 
-def telephone_channel(
-    wave: np.ndarray, rate: int, out_rate: int, noise_db: float, rng: np.random.Generator
+def room_impulse_response(rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A simple room: the direct sound, then exponentially decaying noise (the diffuse tail)
+    with a reverberation time (RT60) of 0.2-0.7 s and a random direct-to-reverberant ratio."""
+    rt60 = rng.uniform(0.2, 0.7)
+    t = np.arange(int(rt60 * rate)) / rate
+    tail = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)  # -60 dB at t = rt60
+    tail *= 10 ** (-rng.uniform(0, 12) / 20) / np.sqrt(np.sum(tail**2))
+    tail[0] = 1.0
+    return tail.astype(np.float32)
+
+
+def apply_channel(
+    wave: np.ndarray,
+    rate: int,
+    out_rate: int,
+    channel: str,
+    noise_db: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """Band-limit to 300-3400 Hz, resample to `out_rate`, level to a random gain, add noise."""
-    sos = butter(4, [300, 3400], btype="bandpass", fs=rate, output="sos")
-    wave = soxr.resample(sosfilt(sos, wave), rate, out_rate).astype(np.float32)
+    """The line between speaker and recorder: band (telephone) or reverberation (room),
+    resampling to `out_rate`, silence around the speech, a random level, background noise."""
+    if channel == "telephone":
+        wave = sosfilt(butter(4, [300, 3400], btype="bandpass", fs=rate, output="sos"), wave)
+    elif channel == "room":
+        wave = fftconvolve(wave, room_impulse_response(rate, rng))
+    wave = soxr.resample(wave, rate, out_rate).astype(np.float32)
     wave = np.concatenate(
         [
             np.zeros(int(rng.uniform(0.05, 0.3) * out_rate), np.float32),
@@ -442,38 +364,56 @@ def telephone_channel(
     return np.clip(wave, -1.0, 1.0)
 
 
-def fill_slots(template: str, rng: random.Random) -> str:
-    return template.format(
-        place=rng.choice(PLACES), company=rng.choice(COMPANIES), amount=rng.choice(AMOUNTS)
-    )
+def fill_slots(phrasing: str, slots: dict[str, list[str]], rng: random.Random) -> str:
+    """The phrasing with each `{slot}` replaced by a random value of that slot."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(phrasing) if f is not None]
+    return phrasing.format(**{f: rng.choice(slots[f]) for f in dict.fromkeys(fields)})
 
 
 def split_voices(variants: list[str], test_fraction: float, seed: int) -> tuple[list, list]:
-    """Partition voice variants into train and test sets (disjoint, deterministic)."""
+    """Partition voice variants into train and test sets (disjoint, deterministic); with
+    `test_fraction` 0 every variant is a training one."""
     shuffled = variants[:]
     random.Random(seed).shuffle(shuffled)
-    n_test = max(1, round(len(shuffled) * test_fraction))
+    n_test = max(1, round(len(shuffled) * test_fraction)) if test_fraction else 0
     return sorted(shuffled[n_test:]), sorted(shuffled[:n_test])
 
 
-def plan(config: SynthConfig, variants: list[str]) -> Iterator[dict]:
-    """Every clip to make: intent, text, voice and prosody, drawn from one seeded generator."""
+def split_wording(phrasings: list[str], fraction: float, label: str) -> tuple[list, list]:
+    """A label's phrasings for the usual splits and the held-out ones (the last `fraction`,
+    at least one) for `test_new_wording`."""
+    held_out = max(1, round(len(phrasings) * fraction))
+    if held_out >= len(phrasings):
+        raise ConfigError(
+            f"label '{label}' has {len(phrasings)} phrasing(s): holding out new wording needs "
+            "at least two (add phrasings, or drop --new-wording-per-label)"
+        )
+    return phrasings[:-held_out], phrasings[-held_out:]
+
+
+def plan(config: SynthConfig, phrases: Phrases, accents: list, variants: list) -> Iterator[dict]:
+    """Every clip to make: label, text, voice and prosody, drawn from one seeded generator."""
     rng = random.Random(config.seed)
     train_variants, test_variants = split_voices(variants, config.test_voice_fraction, config.seed)
-    for split, count, pool in (
-        ("train", config.train_per_intent, train_variants),
-        ("test", config.test_per_intent, test_variants),
-        # after test, so that adding validation clips left the train and test clips unchanged
-        ("validation", config.validation_per_intent, train_variants),
-    ):
-        for intent, templates in INTENTS.items():
+    pools = {"train": train_variants, "validation": train_variants}
+    wording = {
+        label: split_wording(phrasings, config.new_wording_fraction, label)
+        if config.new_wording_per_label
+        else (phrasings, [])
+        for label, phrasings in phrases.labels.items()
+    }
+    # Splits in a fixed order, validation after test, so that adding validation clips (or the
+    # new-wording split) leaves the clips of the splits before it unchanged.
+    for split, count in config.per_label().items():
+        for label in phrases.labels:
+            templates = wording[label][split == NEW_WORDING_SPLIT]
             for i in range(count):
                 yield {
                     "split": split,
-                    "intent": intent,
-                    "file_name": f"{split}/{intent}/{intent}_{i:04d}.wav",
-                    "text": fill_slots(templates[i % len(templates)], rng),
-                    "voice": f"{rng.choice(ACCENTS)}+{rng.choice(pool)}",
+                    "label": label,
+                    "file_name": f"{split}/{label}/{label}_{i:04d}.wav",
+                    "text": fill_slots(templates[i % len(templates)], phrases.slots, rng),
+                    "voice": f"{rng.choice(accents)}+{rng.choice(pools.get(split, test_variants))}",
                     "rate": rng.randint(130, 210),
                     "pitch": rng.randint(25, 75),
                     "range": rng.randint(20, 80),
@@ -481,38 +421,66 @@ def plan(config: SynthConfig, variants: list[str]) -> Iterator[dict]:
                 }
 
 
+def _is_synth_output(folder: Path) -> bool:
+    metadata = folder / "metadata.csv"
+    return metadata.is_file() and metadata.read_text().startswith("file_name,label,text,voice,")
+
+
 def synthesize(config: SynthConfig, progress=None) -> dict:
-    """Write the dataset; return counts and speed. Files appear only once complete."""
+    """Write the data set to `config.out`; return counts and speed.
+
+    The clips are written to a temporary folder beside OUT, which then replaces OUT: a reader
+    never sees a half-made set, and no stale clip of an earlier run stays. An existing OUT that
+    is not an earlier `voxclass synth` output is left alone (ConfigError)."""
+    check(config)
+    phrases = load_phrases(config.phrases)
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not _is_synth_output(out):
+        raise ConfigError(
+            f"{out}: exists and is not a `voxclass synth` output; give a new or empty folder"
+        )
     espeak = Espeak()
-    rows = list(plan(config, _variants(espeak.data_path)))
-    config.out.mkdir(parents=True, exist_ok=True)
+    rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
-    for row in rows:
-        speech = espeak.say(
-            row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
-        )
-        wave = telephone_channel(
-            speech,
-            espeak.sampling_rate,
-            config.sampling_rate,
-            config.noise_db,
-            np.random.default_rng(row["seed"]),
-        )
-        path = config.out / row["file_name"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.wav")
-        sf.write(tmp, wave, config.sampling_rate, subtype="PCM_16")
-        tmp.replace(path)
-        if progress:
-            progress()
-    seconds = time.perf_counter() - start
-    metadata = config.out / "metadata.csv"
-    tmp = metadata.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, ["file_name", "intent", "text", "voice", "split"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(metadata)
-    return {"clips": len(rows), "seconds": seconds, "clips_per_second": len(rows) / seconds}
+    try:
+        for row in rows:
+            speech = espeak.say(
+                row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
+            )
+            wave = apply_channel(
+                speech,
+                espeak.sampling_rate,
+                config.sampling_rate,
+                config.channel,
+                config.noise_db,
+                np.random.default_rng(row["seed"]),
+            )
+            path = tmp / row["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, wave, config.sampling_rate, subtype="PCM_16")
+            if progress:
+                progress()
+        seconds = time.perf_counter() - start
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            columns = ["file_name", "label", "text", "voice", "split"]
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "clips": len(rows),
+        "rows": rows,
+        "seconds": seconds,
+        "clips_per_second": len(rows) / max(seconds, 1e-9),
+    }
