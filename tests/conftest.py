@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+# ../shared/data/fsdd beside the checkout (or beside a folder of git worktrees)
+FSDD = next(
+    (p / "shared/data/fsdd" for p in Path(__file__).resolve().parents if (p / "shared").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd",
+)
 TONES = {"low": 300.0, "mid": 1000.0, "high": 2500.0}
 
 

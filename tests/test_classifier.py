@@ -40,7 +40,7 @@ def test_long_recording_windows_recover_the_classes_in_order(trained_tone_model)
     ]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "tiny-wav2vec2"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-fine", "small", "tiny-wav2vec2"])
 def test_scores_do_not_depend_on_the_batch(preset, tmp_path):
     model, extractor = build_model(preset, ["a", "b", "c"])
     model.eval().save_pretrained(tmp_path)

@@ -1,0 +1,401 @@
+"""Does a recipe hold for a speaker it never heard? FSDD leave-one-speaker-out.
+
+Each fold trains on three of FSDD's four speakers (validation: every tenth take of those three,
+so the best epoch is chosen without the held-out voice), and tests on all 500 clips of the
+fourth with stock `transformers.pipeline("audio-classification")`. Training is voxclass's own
+`train()`: the `baseline` variant is exactly what `voxclass train --model PRESET` ships. A variant
+changes one thing (TrainConfig fields, model config, feature extractor, augmentation or
+TrainingArguments); join variants with `+` to combine them. Prints one row per variant: the
+accuracy on each held-out speaker and their mean.
+
+    python benchmarks/unseen_speakers.py [--preset tiny] [--variants baseline,stride2,...]
+        [--folds theo,...]
+        [--data ../shared/data/fsdd] [--epochs N] [--lock /tmp/voxclass-cpu.lock] [--quick]
+        [--check speakers,synth-digits,new-wording]
+
+Two checks on synthetic speech (`voxclass.synth`, espeak-ng) run with `--check`:
+`synth-digits` trains on synthetic digit words only (`phrases/digits.yaml`, no real clip) and
+tests on each real speaker; `new-wording` trains on half of each banking intent's phrasings and
+tests on the other half, spoken by voices never used in training.
+
+`--lock FILE` holds an flock on FILE for each fold's training and test only, so that other jobs
+on a shared machine run between folds. `--quick` is a seconds-long smoke run (one fold, three
+takes per digit and speaker, one epoch): it checks the benchmark runs, not a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import functools
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import pipeline
+
+import voxclass.train as train_module
+from voxclass.audio import load_audio
+from voxclass.features import Augment
+from voxclass.presets import PRESETS, preset_config
+from voxclass.train import TrainConfig, train
+
+# ../shared/data/fsdd beside the checkout (or beside a folder of worktrees)
+FSDD = next(
+    (p / "shared/data/fsdd" for p in Path(__file__).resolve().parents if (p / "shared").is_dir()),
+    Path("../shared/data/fsdd"),
+)
+FILE_NAME = re.compile(r"^(?P<digit>\d+)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$")
+CHECKS = ("speakers", "synth-digits", "new-wording")
+
+
+@dataclass
+class Variant:
+    """One change to the shipped recipe (every field empty: the recipe as shipped)."""
+
+    train: dict = field(default_factory=dict)
+    """TrainConfig fields."""
+    model: dict = field(default_factory=dict)
+    """Model config attributes of the preset."""
+    extractor: dict = field(default_factory=dict)
+    """Feature extractor arguments of the preset (the extractor is rebuilt with them)."""
+    augment: dict = field(default_factory=dict)
+    """Augment fields."""
+    args: dict = field(default_factory=dict)
+    """TrainingArguments attributes."""
+    synth: dict = field(default_factory=dict)
+    """`{"per_label": N}`: add N synthetic digit words per label (`synth_digits`) to the
+    training split only (speakers check)."""
+
+    def __add__(self, other: Variant) -> Variant:
+        return Variant(
+            **{k: {**getattr(self, k), **getattr(other, k)} for k in self.__dataclass_fields__}
+        )
+
+
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant(),
+    "noearlystop": Variant(train={"early_stopping": 0}),
+    "patience10": Variant(train={"early_stopping": 10}),
+    "epochs60": Variant(train={"epochs": 60}),
+    # frame rate: the preset stacks `stride` 20 ms frames at 8 kHz
+    "stride2": Variant(model={"feature_projection_input_dim": 80}, extractor={"stride": 2}),
+    "stride1": Variant(model={"feature_projection_input_dim": 40}, extractor={"stride": 1}),
+    # mel resolution at stride 2: fewer bins smooth more of the speaker's pitch away
+    "mel24": Variant(
+        model={"feature_projection_input_dim": 48},
+        extractor={"num_mel_bins": 24, "feature_size": 24, "stride": 2},
+    ),
+    "mel64": Variant(
+        model={"feature_projection_input_dim": 128},
+        extractor={"num_mel_bins": 64, "feature_size": 64, "stride": 2},
+    ),
+    "plus_synth": Variant(synth={"per_label": 150}),
+    "nospecaug": Variant(model={"mask_time_prob": 0.0, "mask_feature_prob": 0.0}),
+    "specaug2": Variant(model={"mask_time_prob": 0.1, "mask_feature_prob": 0.1}),
+    "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
+    "speed_wide": Variant(augment={"speed": (0.7, 1.4)}),
+    "speed_off": Variant(augment={"speed": (1.0, 1.0)}),
+    "copies6": Variant(train={"augment_copies": 6}),
+    "smooth": Variant(args={"label_smoothing_factor": 0.1}),
+    "lr2e-3": Variant(train={"learning_rate": 2e-3}),
+    "lr5e-4": Variant(train={"learning_rate": 5e-4}),
+    "wide": Variant(
+        model={
+            "hidden_size": 192,
+            "intermediate_size": 384,
+            "output_hidden_size": 192,
+            "classifier_proj_size": 192,
+        }
+    ),
+    "deep": Variant(model={"num_hidden_layers": 5}),
+    "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
+}
+
+
+def variant_named(name: str) -> Variant:
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    return functools.reduce(lambda a, b: a + b, (VARIANTS[p] for p in parts))
+
+
+@contextlib.contextmanager
+def applied(variant: Variant, preset: str) -> Iterator[str]:
+    """The preset name to train, with the variant's changes in place while training runs."""
+
+    def spec():
+        config, extractor = preset_config(preset)
+        for key, value in variant.model.items():
+            setattr(config, key, value)
+        if variant.extractor:
+            arguments = ("feature_size", "sampling_rate", "num_mel_bins", "padding_value", "stride")
+            kept = {k: getattr(extractor, k) for k in arguments}
+            extractor = type(extractor)(**{**kept, **variant.extractor})
+        return config, extractor
+
+    def arguments(*a, **k):
+        args = original_arguments(*a, **k)
+        for key, value in variant.args.items():
+            setattr(args, key, value)
+        return args
+
+    name = f"{preset}@bench"
+    original_arguments = train_module.training_arguments
+    PRESETS[name] = spec
+    train_module.Augment = functools.partial(Augment, **variant.augment)
+    train_module.training_arguments = arguments
+    try:
+        yield name
+    finally:
+        del PRESETS[name]
+        train_module.Augment = Augment
+        train_module.training_arguments = original_arguments
+
+
+def clips(data: Path, takes: int | None) -> list[dict]:
+    """Every FSDD clip with digit, speaker and take number (only takes < `takes` if given)."""
+    rows = []
+    for path in sorted(data.glob("*/*.wav")):
+        match = FILE_NAME.match(path.name)
+        if match and (takes is None or int(match["take"]) < takes):
+            rows.append({"path": str(path.resolve()), "label": match["digit"], **match.groupdict()})
+    if not rows:
+        raise SystemExit(f"{data}: no FSDD clips (<digit>/<digit>_<speaker>_<n>.wav)")
+    return rows
+
+
+def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
+    """A CSV manifest (path, label, split) of the given clips."""
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "label", "split"])
+        writer.writeheader()
+        for split, rows in splits.items():
+            writer.writerows({"path": r["path"], "label": r["label"], "split": split} for r in rows)
+
+
+def fold_splits(rows: list[dict], held_out: str) -> dict[str, list[dict]]:
+    """The held-out speaker as test, every tenth take of the others as validation."""
+    others = [r for r in rows if r["speaker"] != held_out]
+    return {
+        "train": [r for r in others if int(r["take"]) % 10],
+        "validation": [r for r in others if int(r["take"]) % 10 == 0],
+        "test": [r for r in rows if r["speaker"] == held_out],
+    }
+
+
+def pipeline_accuracy(model_dir: Path, rows: list[dict]) -> float:
+    """Accuracy of stock `pipeline("audio-classification")` on the clips (decoded at the
+    model's rate, as the pipeline does not resample without torchaudio)."""
+    classify = pipeline("audio-classification", model=str(model_dir), device="cpu")
+    rate = classify.feature_extractor.sampling_rate
+    inputs = [{"raw": load_audio(r["path"], rate), "sampling_rate": rate} for r in rows]
+    predicted = [p[0]["label"] for p in classify(inputs, top_k=1)]
+    return float(np.mean([p == r["label"] for p, r in zip(predicted, rows, strict=True)]))
+
+
+@contextlib.contextmanager
+def locked(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def train_and_test(
+    preset: str,
+    variant: Variant,
+    splits: dict[str, list[dict]],
+    tests: dict[str, list[dict]],
+    work: Path,
+    epochs: float | None,
+    lock: Path | None,
+) -> dict:
+    """Train the preset with the variant on `splits` (the trainer's own test:
+    `splits["test"]`), then the stock pipeline's accuracy on each of `tests`."""
+    manifest = work / "manifest.csv"
+    write_manifest(splits, manifest)
+    settings = {"epochs": epochs} if epochs else {}
+    with locked(lock), applied(variant, preset) as name:
+        config = TrainConfig(
+            source=str(manifest),
+            model=name,
+            output=str(work / "model"),
+            **{**settings, **variant.train},
+        )
+        model_dir = train(config)
+        accuracies = {name: pipeline_accuracy(model_dir, rows) for name, rows in tests.items()}
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    shutil.rmtree(model_dir)
+    return {
+        "accuracy": accuracies,
+        "epochs": max((e.get("epoch", 0) for e in metrics["epochs"]), default=0),
+        "seconds": metrics["train"]["wall_seconds"],
+    }
+
+
+def synth_rows(out: Path) -> dict[str, list[dict]]:
+    """The clips of a `voxclass synth` folder by split, from its metadata.csv."""
+    by_split: dict[str, list[dict]] = {}
+    with open(out / "metadata.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            row = {"path": str(out / r["file_name"]), "label": r["label"]}
+            by_split.setdefault(r["split"], []).append(row)
+    return by_split
+
+
+def digit_words(out: Path, per_label: int) -> dict[str, list[dict]]:
+    """Synthetic digit words (`phrases/digits.yaml`; every voice, wideband at FSDD's 8 kHz)
+    in train and validation splits."""
+    from voxclass.synth import SynthConfig, synthesize
+
+    synthesize(
+        SynthConfig(
+            out=out,
+            phrases="digits",
+            train_per_label=per_label,
+            validation_per_label=max(1, per_label // 10),
+            test_per_label=0,
+            test_voice_fraction=0.0,
+            channel="wideband",
+            sampling_rate=8000,
+        )
+    )
+    return synth_rows(out)
+
+
+def synth_digits(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
+    """Synthetic digit words only as train and validation; every real clip as test, one test
+    set per speaker."""
+    synth = digit_words(work / "synth-digits", 5 if quick else 150)
+    speakers = sorted({r["speaker"] for r in rows})
+    splits = {"train": synth["train"], "validation": synth["validation"], "test": rows}
+    tests = {s: [r for r in rows if r["speaker"] == s] for s in speakers}
+    return {"splits": splits, "tests": tests}
+
+
+def added_synth(variant: Variant, tmp: Path, quick: bool, lock: Path | None) -> list[dict]:
+    """The variant's synthetic digit words for the training split (none for most variants)."""
+    if not variant.synth:
+        return []
+    per_label = 5 if quick else variant.synth["per_label"]
+    with locked(lock):
+        return digit_words(tmp / f"added-{per_label}", per_label)["train"]
+
+
+def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
+    """Synthetic banking requests: train on half of each intent's phrasings; test on unseen
+    voices saying trained phrasings, and unseen voices saying the other half (`rows`, the real
+    clips, are not used)."""
+    from voxclass.synth import NEW_WORDING_SPLIT, SynthConfig, synthesize
+
+    per_label = 4 if quick else 60
+    out = work / "new-wording"
+    synthesize(
+        SynthConfig(
+            out=out,
+            phrases="banking",
+            train_per_label=per_label,
+            validation_per_label=max(1, per_label // 10),
+            test_per_label=max(2, per_label // 3),
+            new_wording_per_label=max(2, per_label // 3),
+            new_wording_fraction=0.5,
+        )
+    )
+    synth = synth_rows(out)
+    splits = {k: synth[k] for k in ("train", "validation", "test")}
+    tests = {"unseen voices": synth["test"], "unseen wording": synth[NEW_WORDING_SPLIT]}
+    return {"splits": splits, "tests": tests}
+
+
+def table(title: str, results: dict[str, dict[str, float]], seconds: dict[str, float]) -> None:
+    columns = list(next(iter(results.values())))
+    print(f"\n{title}\n")
+    print("| variant | " + " | ".join(columns) + " | mean | train s |")
+    print("|---|" + "---|" * (len(columns) + 2))
+    for name, accuracies in results.items():
+        cells = " | ".join(f"{accuracies[c]:.3f}" for c in columns)
+        mean = np.mean(list(accuracies.values()))
+        print(f"| {name} | {cells} | **{mean:.3f}** | {seconds[name]:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="baseline", help=f"of: {', '.join(VARIANTS)}")
+    parser.add_argument("--folds", help="held-out speakers (default: all four)")
+    parser.add_argument("--check", default="speakers", help="of: " + ", ".join(CHECKS))
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--data", type=Path, default=FSDD)
+    parser.add_argument("--epochs", type=float, help="override the recipe's epochs (screening)")
+    parser.add_argument("--lock", type=Path, help="flock this file around each training run")
+    parser.add_argument("--json", type=Path, help="also write every result here")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    args = parser.parse_args()
+    rows = clips(args.data, takes=3 if args.quick else None)
+    speakers = sorted({r["speaker"] for r in rows})
+    folds = args.folds.split(",") if args.folds else speakers
+    if args.quick:
+        folds, args.epochs = folds[-1:], 1
+    unknown = sorted(set(folds) - set(speakers))
+    if unknown:
+        raise SystemExit(f"--folds {', '.join(unknown)}: speakers are {', '.join(speakers)}")
+    checks = args.check.split(",")
+    if set(checks) - set(CHECKS):
+        raise SystemExit(f"--check {args.check}: checks are {', '.join(CHECKS)}")
+    variants = {name: variant_named(name) for name in args.variants.split(",")}
+    results: dict[str, dict[str, dict]] = {check: {} for check in checks}
+    seconds: dict[str, dict[str, float]] = {check: {} for check in checks}
+    with tempfile.TemporaryDirectory(prefix="unseen_speakers_") as tmp:
+        runs = []  # (check, variant, label of the run, splits and tests)
+        for check in checks:
+            if check == "speakers":
+                for name, variant in variants.items():
+                    added = added_synth(variant, Path(tmp), args.quick, args.lock)
+                    for held_out in folds:
+                        held = fold_splits(rows, held_out)
+                        held["train"] = held["train"] + added
+                        runs.append((check, name, held_out, held, {held_out: held["test"]}))
+                continue
+            make = synth_digits if check == "synth-digits" else new_wording
+            with locked(args.lock):
+                made = make(rows, Path(tmp) / check, args.quick)
+            runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
+        for check, name, label, splits, tests in runs:
+            work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
+            work.mkdir()
+            r = train_and_test(
+                args.preset, variants[name], splits, tests, work, args.epochs, args.lock
+            )
+            results[check].setdefault(name, {}).update(r["accuracy"])
+            seconds[check][name] = seconds[check].get(name, 0) + r["seconds"]
+            found = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+            print(f"[{check}: {name}] {found} ({r['epochs']:.0f} epochs, {r['seconds']:.0f} s)")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
+    epochs = f"{args.epochs:g} epochs" if args.epochs else "the recipe's epochs"
+    titles = {
+        "speakers": "accuracy on each held-out FSDD speaker (trained on the other three)",
+        "synth-digits": "trained on synthetic digit words only; accuracy on each real speaker",
+        "new-wording": "synthetic banking requests; accuracy on unseen voices and unseen wording",
+    }
+    for check in checks:
+        table(f"preset {args.preset}, {epochs}, stock pipeline: {titles[check]}", results[check],
+              seconds[check] if check != "speakers" else {
+                  k: v / len(folds) for k, v in seconds[check].items()})
+
+
+if __name__ == "__main__":
+    main()
