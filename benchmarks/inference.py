@@ -19,6 +19,8 @@ wav2vec2-base-sized model from the default `Wav2Vec2Config()` for `--model-size 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -114,6 +116,8 @@ def main() -> None:
         args.clips, args.latency_clips, args.rounds = 12, 4, 1
 
     work = Path(tempfile.mkdtemp(prefix="voxclass-bench-"))
+
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
     model_dir = args.model or fresh_model(args.model_size, work / "model")
     title = str(args.model) if args.model else f"fresh {args.model_size} model, random weights"
     export(model_dir, work / "fp32")

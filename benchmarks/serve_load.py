@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -155,6 +157,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         env["OMP_NUM_THREADS"] = str(args.threads)  # read by torch when the server starts
     work = Path(tempfile.mkdtemp(prefix="voxclass-serve-load-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
     model_dir = args.model or fresh_model(args.preset, work / "model")
     clf = Classifier.load(model_dir)
     clip = wav_clip(args.seconds, clf.sampling_rate)
