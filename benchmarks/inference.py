@@ -7,6 +7,10 @@ backends in turn, so a slow spell of the machine hits every backend. Latency is 
 call, on the first `--latency-clips` clips. Agreement is top-1 agreement with voxclass torch.
 
     python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200] [--rounds 3]
+    python benchmarks/inference.py --model demo/model --rounds 3     # the README's demo table
+    python benchmarks/inference.py --model-size base --rounds 2       # the README's base table
+
+`--quick` (what the test suite runs): 12 clips, 4 for latency, one round.
 
 Without --model a freshly built model with random weights is used (`tiny` preset, or a
 wav2vec2-base-sized model from the default `Wav2Vec2Config()` for `--model-size base`).
@@ -15,6 +19,8 @@ wav2vec2-base-sized model from the default `Wav2Vec2Config()` for `--model-size 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +39,15 @@ from voxclass.audio import load_audio
 from voxclass.export import export
 from voxclass.model import build_model, label_maps
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+# The recordings live in shared/data/fsdd beside the checkout (a worktree sits one level deeper).
+FSDD = next(
+    (
+        p / "shared" / "data" / "fsdd"
+        for p in Path(__file__).resolve().parents
+        if (p / "shared" / "data" / "fsdd").is_dir()
+    ),
+    None,
+)
 DIGITS = [str(d) for d in range(10)]
 
 
@@ -52,7 +66,9 @@ def fresh_model(size: str, path: Path) -> Path:
 def fsdd_clips(n: int, rate: int, seed: int = 0) -> list[np.ndarray]:
     """`n` clips of 1-10 s, each a run of random FSDD digit recordings."""
     rng = np.random.default_rng(seed)
-    files = sorted(FSDD.glob("*/*.wav"))
+    files = sorted(FSDD.glob("*/*.wav")) if FSDD else []
+    if not files:
+        raise SystemExit("no FSDD recordings in shared/data/fsdd beside this checkout")
     clips = []
     for _ in range(n):
         target = int(rng.uniform(1.0, 10.0) * rate)
@@ -94,9 +110,14 @@ def main() -> None:
     parser.add_argument("--latency-clips", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips")
+    parser.add_argument("--quick", action="store_true", help="12 clips, 1 round (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.clips, args.latency_clips, args.rounds = 12, 4, 1
 
     work = Path(tempfile.mkdtemp(prefix="voxclass-bench-"))
+
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
     model_dir = args.model or fresh_model(args.model_size, work / "model")
     title = str(args.model) if args.model else f"fresh {args.model_size} model, random weights"
     export(model_dir, work / "fp32")

@@ -7,15 +7,18 @@ Prints errors, p50/p99 latency, throughput, p50 relative to the bare predict, an
 time per request of the server and of the clients (from /proc, so Linux only).
 Goal: 0 errors and p50 <= 1.3x the bare predict.
 
-    python benchmarks/serve_load.py [--model DIR] [--clients 8] [--requests 200] [--seconds 1]
-                                    [--threads N]
+    python benchmarks/serve_load.py [--model DIR | --preset tiny|small] [--clients 8]
+                                    [--requests 200] [--seconds 1] [--threads N] [--quick]
+    python benchmarks/serve_load.py --threads 1                           # README, tiny row
+    python benchmarks/serve_load.py --preset small --requests 40 --threads 1  # README, small row
 
 `--threads` sets torch's threads in this process and the server alike (default: torch's own
 choice, one per core). On a machine whose cores are busy with other work, 1 thread is often
 much faster: a multi-threaded forward waits for its slowest thread.
 
-Without --model a fresh `tiny` preset model (random weights) is built in a temp dir: the
-server's cost does not depend on what the weights learned. Traffic goes to 127.0.0.1 only and
+Without --model a fresh preset model (`--preset`, default `tiny`; random weights) is built in
+a temp dir: the server's cost does not depend on what the weights learned. `--quick` (what the
+test suite runs): 2 clients x 5 requests, 5 bare predicts. Traffic goes to 127.0.0.1 only and
 is bounded: at most 32 clients x 1000 requests, and the run stops after --deadline seconds.
 """
 
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,8 +48,8 @@ from voxclass.model import build_model
 MAX_CLIENTS, MAX_REQUESTS = 32, 1000
 
 
-def fresh_model(path: Path) -> Path:
-    model, extractor = build_model("tiny", ["low", "mid", "high"])
+def fresh_model(preset: str, path: Path) -> Path:
+    model, extractor = build_model(preset, ["low", "mid", "high"])
     model.save_pretrained(path)
     extractor.save_pretrained(path)
     return path
@@ -131,13 +136,19 @@ async def run_clients(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="trained or exported model dir")
+    parser.add_argument(
+        "--preset", choices=["tiny", "small"], default="tiny", help="model without --model"
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200, help="per client")
     parser.add_argument("--seconds", type=float, default=1.0, help="clip length")
     parser.add_argument("--bare-runs", type=int, default=100)
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the load")
     parser.add_argument("--threads", type=int, help="torch threads, here and in the server")
+    parser.add_argument("--quick", action="store_true", help="2 clients x 5 requests (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.requests, args.bare_runs = 2, 5, 5
     if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.requests <= MAX_REQUESTS):
         parser.error(f"--clients must be 1-{MAX_CLIENTS} and --requests 1-{MAX_REQUESTS}")
 
@@ -146,7 +157,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         env["OMP_NUM_THREADS"] = str(args.threads)  # read by torch when the server starts
     work = Path(tempfile.mkdtemp(prefix="voxclass-serve-load-"))
-    model_dir = args.model or fresh_model(work / "model")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
+    model_dir = args.model or fresh_model(args.preset, work / "model")
     clf = Classifier.load(model_dir)
     clip = wav_clip(args.seconds, clf.sampling_rate)
     bare = bare_predict_seconds(clf, clip, args.bare_runs)
@@ -175,7 +187,7 @@ def main() -> None:
     total = args.clients * args.requests
     ms = 1000 * np.asarray(latencies or [np.nan])
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-    title = str(args.model) if args.model else "fresh tiny model, random weights"
+    title = str(args.model) if args.model else f"fresh {args.preset} model, random weights"
     print(
         f"\n{title} ({clf.backend}); {args.seconds:g} s WAV clip at {clf.sampling_rate} Hz; "
         f"{args.clients} clients x {args.requests} requests on 127.0.0.1; "

@@ -1,0 +1,120 @@
+"""The benchmarks stay runnable: each runs in its `--quick` mode (the full run's code path on
+tiny data and models) in a subprocess, and its printed table must have every row and sane
+values. The figures themselves are not checked: quick runs are too small to mean anything.
+
+A new benchmark joins by getting a `--quick` mode and an entry in BENCHMARKS: its script name
+and a function that checks its output (see the ones below)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+TIMEOUT = 600  # seconds per benchmark; a quick run takes well under a minute of CPU
+
+
+def markdown_rows(output: str) -> dict[str, list[str]]:
+    """`| name | a | b |` lines (not the header or separator) -> {name: [a, b]}."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not set(cells[0]) <= {"-"}:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def check_batch_invariance(output: str) -> None:
+    rows = markdown_rows(output)
+    families = [name for name in rows if name != "model family"]
+    assert [f.split()[0] for f in families] == ["tiny", "small", "tiny-wav2vec2"], rows
+    for name in families:
+        ours, naive, same = rows[name]
+        assert float(ours) <= 1e-7 and same == "True", (name, rows[name])
+    # The comparison still measures the bug it is there to show: padding the whole list.
+    assert float(rows[families[1]][1]) > 1e-5 and float(rows[families[2]][1]) > 1e-4, rows
+
+
+def check_inference(output: str) -> None:
+    lines = [line for line in output.splitlines() if line.startswith(("pipeline", "voxclass"))]
+    rows = {line[:28].strip(): line[28:].split() for line in lines}
+    assert list(rows) == [
+        "pipeline, 1 clip/call",
+        "voxclass torch, batch 16",
+        "voxclass onnx fp32, batch 16",
+        "voxclass onnx int8, batch 16",
+    ], output
+    for name, (clips_per_s, _spread, ratio, p50, p95, mb, agree) in rows.items():
+        assert float(clips_per_s) > 0 and ratio.endswith("x"), (name, rows[name])
+        assert 0 < float(p50) <= float(p95) and float(mb) > 0, (name, rows[name])
+        assert 0.0 <= float(agree.rstrip("%")) <= 100.0, (name, rows[name])
+    assert rows["pipeline, 1 clip/call"][2] == "1.0x"
+    # Stock transformers.pipeline and the fp32 graph pick the torch model's labels on every clip.
+    for name in ("pipeline, 1 clip/call", "voxclass onnx fp32, batch 16"):
+        assert rows[name][6] == "100.0%", (name, rows[name])
+    megabytes = {name: float(cells[5]) for name, cells in rows.items()}
+    assert megabytes["voxclass onnx int8, batch 16"] < megabytes["voxclass torch, batch 16"]
+
+
+def check_serve_load(output: str) -> None:
+    values = {
+        line[:24].strip(): line[24:].split()
+        for line in output.splitlines()
+        if len(line) > 24 and line[:24].strip()
+    }
+    assert values["requests"] == ["10"] and values["errors"] == ["0"], output
+    assert float(values["latency p50"][0]) > 0 and float(values["throughput"][0]) > 0, output
+    assert float(values["bare Classifier.predict"][0]) > 0, output
+    assert values["p50 / bare"][0].endswith("x"), output
+
+
+def check_recipe_vs_seed(output: str) -> None:
+    rows = markdown_rows(output)
+    ladder = [
+        "seed recipe",
+        "+ voxclass learning rate",
+        "+ voxclass batch size",
+        "+ max-duration crop",
+        "+ per-batch padding",
+        "voxclass (the demo's run)",
+    ]
+    assert [name for name in rows if name != "recipe"] == [*ladder, "**voxclass / seed**"], rows
+    previous = None
+    for name in ladder:
+        accuracy, gain, macro_f1, epochs, clips_per_s, audio_per_s, _wall = rows[name]
+        assert 0 <= float(accuracy) <= 1 and 0 <= float(macro_f1) <= 1, (name, rows[name])
+        assert float(epochs) == 2.0, (name, rows[name])  # --quick plans 2 epochs, every row
+        assert float(clips_per_s) > 0 and float(audio_per_s) > 0, (name, rows[name])
+        if previous is not None:
+            assert float(gain) == pytest.approx(float(accuracy) - previous, abs=1e-3)
+        previous = float(accuracy)
+    assert rows["**voxclass / seed**"][0].strip("*").endswith("x"), rows
+
+
+BENCHMARKS: dict[str, Callable[[str], None]] = {
+    "batch_invariance.py": check_batch_invariance,
+    "inference.py": check_inference,
+    "recipe_vs_seed.py": check_recipe_vs_seed,
+    "serve_load.py": check_serve_load,
+}
+
+
+def test_every_benchmark_is_checked():
+    assert sorted(p.name for p in BENCHMARKS_DIR.glob("*.py")) == sorted(BENCHMARKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+def test_benchmark_runs_quick_and_prints_its_table(script):
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS_DIR / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    BENCHMARKS[script](run.stdout)
