@@ -95,11 +95,19 @@ def check_recipe_vs_seed(output: str) -> None:
     assert rows["**voxclass / seed**"][0].strip("*").endswith("x"), rows
 
 
+def check_unseen_speakers(output: str) -> None:
+    rows = markdown_rows(output)
+    fold, mean = rows["baseline"][0], rows["baseline"][1]
+    assert 0.0 <= float(fold) <= 1.0, rows
+    assert mean == f"**{fold}**", rows  # one fold: its accuracy is the mean
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
     "recipe_vs_seed.py": check_recipe_vs_seed,
     "serve_load.py": check_serve_load,
+    "unseen_speakers.py": check_unseen_speakers,
 }
 
 
