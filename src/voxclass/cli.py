@@ -206,7 +206,7 @@ def train(
         "resume": resume,
         **parse_overrides(ctx.args),
     }
-    settings = build_config(TrainConfig, config, values)
+    settings = build_config(TrainConfig, config, values, option_names={"source": "data"})
     if not settings.source:
         raise ConfigError("--data is required (on the command line or as `source:` in --config)")
     out = run_training(settings)

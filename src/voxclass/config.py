@@ -66,8 +66,15 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -> T:
-    """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones."""
+def build_config(
+    cls: type[T],
+    yaml_file: Path | None,
+    values: dict[str, Any],
+    option_names: dict[str, str] | None = None,
+) -> T:
+    """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones,
+    and a field without a default that neither gives is an error naming its option
+    (`option_names` maps a field to its option where they differ, e.g. source -> data)."""
     merged: dict[str, Any] = {}
     if yaml_file is not None:
         try:
@@ -82,6 +89,13 @@ def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and merged.get(f.name) is None:
+            option = (option_names or {}).get(f.name, f.name).replace("_", "-")
+            raise ConfigError(
+                f"--{option} is required (on the command line or as `{f.name}:` in --config)"
+            )
     return cls(**{k: _convert(k, v, hints[k]) for k, v in merged.items()})
 
 

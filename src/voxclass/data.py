@@ -142,7 +142,8 @@ def manifest_audio_path(
     """The audio file a manifest row names, relative to the manifest's folder. A row without
     a `path` value, or (unless `allow_outside`) whose path leads out of the manifest's folder
     (`../x.wav`, `/etc/x`), is a DataError naming the line: a manifest from elsewhere must not
-    make voxclass read any file it names."""
+    make voxclass read any file it names. The check is on the path as written, so a data
+    folder that is a symlink stays usable."""
     value = record.get("path")
     if not value:
         columns = ", ".join(map(str, record))
@@ -157,7 +158,7 @@ def manifest_audio_path(
             f"{manifest}, line {line}: {value} is outside the manifest's folder {folder}; move "
             "the manifest up, or pass --allow-outside-paths if you trust it"
         )
-    return audio_path
+    return audio_path.resolve()
 
 
 def _manifest_rows(path: Path, config: DataConfig) -> list[dict]:

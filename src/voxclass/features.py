@@ -129,7 +129,7 @@ def receptive_field(config: Any) -> int:
 
 def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | None = None) -> int:
     """The shortest wave the model takes: the extractor must give at least one input frame
-    (SeamlessM4T log-mel with stride 4 needs 880 samples) and a raw-waveform convolutional
+    (SeamlessM4T log-mel with stride 4: 720 samples) and a raw-waveform convolutional
     encoder (given its `config`) its receptive field. Every shorter clip is padded to this
     length with silence by `extract_one`, in training and inference alike: the rule lives
     here so the two cannot disagree."""
