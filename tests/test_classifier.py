@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import TONES, burst
 from transformers import pipeline
 
@@ -85,3 +88,52 @@ def test_multi_label_model_scores_each_label_with_its_own_sigmoid(tmp_path):
     top = clf.predict(waves[0], sampling_rate=clf.sampling_rate, top_k=3)
     assert top.scores == sorted(top.scores, reverse=True)
     assert top.labels == [clf.labels[i] for i in np.argsort(-probs[0], kind="stable")]
+
+
+def test_readme_pipeline_snippet_runs_on_a_trained_model(trained_tone_model, tmp_path, capsys):
+    # The README's plain-transformers snippet, as written, on a 16 kHz clip for an 8 kHz model:
+    # it must resample itself (pipeline() would need torchaudio) and find the right label.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("It loads without voxclass:\n\n```python\n", 1)[1].split("```", 1)[0]
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.stack([burst(TONES["high"], 1.2, 16000)] * 2, axis=1), 16000)  # stereo
+    code = snippet.replace('"runs/tiny"', repr(str(trained_tone_model)))
+    exec(code.replace('"clip.wav"', repr(str(clip))), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("[{'score'") and "'label': 'high'" in printed.split("}")[0]
+
+
+def test_predict_given_a_list_says_to_use_predict_batch(trained_tone_model):
+    clf = Classifier.load(trained_tone_model)
+    with pytest.raises(TypeError, match="predict_batch"):
+        clf.predict(["a.wav", "b.wav"])
+    with pytest.raises(TypeError, match="predict\\(\\)"):
+        clf.predict_batch("a.wav")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-wav2vec2"])
+def test_clips_shorter_than_the_model_input_are_padded_with_silence(preset, tmp_path):
+    model, extractor = build_model(preset, ["a", "b"])
+    model.eval().save_pretrained(tmp_path)
+    extractor.save_pretrained(tmp_path)
+    clf = Classifier.load(tmp_path)
+    # tiny: SeamlessM4T's first stacked log-mel frame; wav2vec2: its conv receptive field.
+    assert clf.min_samples == {"tiny": 720, "tiny-wav2vec2": 400}[preset]
+    extract = clf.extractor.model_input_names[0]
+    too_short = clf.extractor(np.zeros(clf.min_samples - 1), sampling_rate=clf.sampling_rate)
+    assert preset != "tiny" or len(too_short[extract][0]) == 0
+    rng = np.random.default_rng(0)
+    click = 0.1 * rng.standard_normal(7).astype(np.float32)
+    padded = np.pad(click, (0, clf.min_samples - 7))
+    for wave in (np.ones(1, np.float32), click):
+        assert np.isfinite(clf.probabilities([wave])).all()
+    np.testing.assert_allclose(clf.probabilities([click]), clf.probabilities([padded]), atol=1e-6)
+
+
+def test_predict_waves_scores_decoded_waves_without_decoding_again(trained_tone_model):
+    clf = Classifier.load(trained_tone_model)
+    waves = [burst(TONES[x], 1.0, clf.sampling_rate, seed=3) for x in ("low", "mid")]
+    results = clf.predict_waves(waves, ["first", "second"], top_k=99)
+    assert [r.source for r in results] == ["first", "second"]
+    assert [r.labels[0] for r in results] == ["low", "mid"]
+    assert all(len(r.labels) == 3 for r in results)  # top-k above the label count: all

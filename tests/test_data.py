@@ -212,3 +212,30 @@ def test_multi_label_hub_split_reads_label_lists_and_separated_text(tmp_path):
         features=Features({"audio": audio, "label": Value("string")}),
     )
     assert normalize_hub_split(text, config)["label"] == [["dog", "siren"]]
+
+
+def test_manifest_paths_outside_its_folder_need_the_option(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(300, 0.5, 8000), 8000)
+    (tmp_path / "inner").mkdir()
+    for name, path in (("up.csv", "../a.wav"), ("abs.csv", str(tmp_path / "a.wav"))):
+        manifest = tmp_path / "inner" / name
+        manifest.write_text(f"path,label\n{path},x\n{path},x\n{path},y\n{path},y\n")
+        with pytest.raises(DataError, match=rf"{name}, line 2: .* is outside the manifest's"):
+            load_data(DataConfig(source=str(manifest)))
+        dd = load_data(DataConfig(source=str(manifest), allow_outside_paths=True))
+        assert {a["path"] for s in dd.values() for a in s["audio"]} == {
+            str((tmp_path / "a.wav").resolve())
+        }
+
+
+def test_malformed_manifests_name_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"path": "a.wav", "label": "x"}\n\n{oops\n')
+    (tmp_path / "latin.csv").write_bytes("path,label\ncaf\xe9.wav,x\n".encode("latin-1"))
+    (tmp_path / "list.jsonl").write_text('["a.wav", "x"]\n')
+    for name, message in (
+        ("bad.jsonl", "bad.jsonl, line 3: not a valid JSONL manifest"),
+        ("latin.csv", "latin.csv: not UTF-8 text"),
+        ("list.jsonl", "list.jsonl, line 1: expected a JSON object"),
+    ):
+        with pytest.raises(DataError, match=message):
+            load_data(DataConfig(source=str(tmp_path / name)))

@@ -97,5 +97,6 @@ def test_missing_input_and_model_are_one_line_errors(trained_tone_model, tmp_pat
     run = _voxclass("predict", str(trained_tone_model), str(tmp_path / "nothing"))
     assert run.returncode == 2 and run.stderr.strip().startswith("error:")
     assert "no such file or folder" in run.stderr and "Traceback" not in run.stderr
+    sf.write(tmp_path / "a.wav", burst(300.0, 0.5, 8000), 8000)
     run = _voxclass("predict", str(tmp_path), str(tmp_path))
     assert run.returncode == 2 and "not a model directory" in run.stderr

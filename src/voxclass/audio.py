@@ -7,7 +7,7 @@ clearer error lands everywhere at once. Nothing here needs ffmpeg or torchcodec.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -200,6 +200,27 @@ def load_audio(
     if stream is not None:
         out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def load_many(
+    sources: Sequence[AudioSource],
+    sampling_rate: int,
+    limits: AudioLimits = AudioLimits(),
+    progress: Callable[[], None] | None = None,
+) -> tuple[dict[int, np.ndarray], dict[int, AudioError]]:
+    """`load_audio` for each source: ({index: wave}, {index: AudioError}), so one bad file
+    costs its own result only and every bad file is known at once. `progress` is called after
+    each source."""
+    waves: dict[int, np.ndarray] = {}
+    errors: dict[int, AudioError] = {}
+    for index, source in enumerate(sources):
+        try:
+            waves[index] = load_audio(source, sampling_rate, limits)
+        except AudioError as err:
+            errors[index] = err
+        if progress:
+            progress()
+    return waves, errors
 
 
 def prepare_array(

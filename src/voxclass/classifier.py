@@ -9,16 +9,23 @@ would be changed by padding, so for them only clips of equal length share a batc
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .audio import AudioSource, describe_source, load_audio, prepare_array
-from .features import extract_one, pad_batch
-from .model import load_trained, max_seconds_of
+from .audio import AudioLimits, AudioSource, describe_source, load_audio, prepare_array
+from .config import ConfigError
+from .features import extract_one, min_samples, pad_batch
+from .model import ModelError, load_trained, max_seconds_of
+
+MIN_HOP_SECONDS = 0.01
+"""Shortest hop between windows: finer steps only multiply the work (a 1e-9 s hop would ask
+for millions of windows per second of audio)."""
 
 
 @dataclass
@@ -52,7 +59,13 @@ class Classifier:
         self.model = model
         self.extractor = extractor
         config = model.config
-        self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        try:
+            self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        except KeyError:
+            raise ModelError(
+                f"config.json: id2label {config.id2label} does not name all "
+                f"{config.num_labels} labels; give every label id a name"
+            ) from None
         self.sampling_rate: int = int(
             getattr(config, "voxclass", {}).get("sampling_rate", extractor.sampling_rate)
         )
@@ -60,14 +73,16 @@ class Classifier:
         self.backend = "onnx" if hasattr(model, "session") else "torch"
         self.masked = bool(getattr(extractor, "return_attention_mask", False))
         self.multi_label = config.problem_type == "multi_label_classification"
+        self.min_samples = min_samples(extractor, config, self.sampling_rate)
+        """Shorter waves are padded with silence to this many samples (see `min_samples`)."""
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
         """A model directory: an exported one (model.onnx) runs on onnxruntime, else torch."""
-        if (Path(path) / "model.onnx").is_file():
+        if (Path(path).expanduser() / "model.onnx").is_file():
             from .export import load_onnx
 
-            return cls(*load_onnx(path))
+            return cls(*load_onnx(Path(path).expanduser()))
         model, extractor = load_trained(path)
         return cls(model, extractor)
 
@@ -76,7 +91,7 @@ class Classifier:
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         """Logits for one batch of waves (already at the model's rate)."""
         rate = self.sampling_rate
-        features = [extract_one(self.extractor, w, rate) for w in waves]
+        features = [extract_one(self.extractor, w, rate, self.min_samples) for w in waves]
         if self.backend == "onnx":
             return self.model.logits(self.extractor, features)
         import torch
@@ -115,20 +130,48 @@ class Classifier:
 
     # ------------------------------------------------------------------ predictions
 
-    def load_wave(self, source: AudioSource | np.ndarray, sampling_rate: int | None = None):
-        """Decode or validate one input, at the model's rate."""
+    def load_wave(
+        self,
+        source: AudioSource | np.ndarray,
+        sampling_rate: int | None = None,
+        limits: AudioLimits = AudioLimits(),
+    ) -> np.ndarray:
+        """Decode or validate one input under `limits`, at the model's rate."""
         if isinstance(source, np.ndarray):
             if sampling_rate is None:
                 raise ValueError("an array needs its sampling_rate")
-            return prepare_array(source, sampling_rate, self.sampling_rate)
-        return load_audio(source, self.sampling_rate)
+            return prepare_array(source, sampling_rate, self.sampling_rate, limits=limits)
+        return load_audio(source, self.sampling_rate, limits)
+
+    def check_settings(
+        self, top_k: int, batch_size: int, window: float | None, hop: float | None
+    ) -> None:
+        """ConfigError naming the option unless `top_k` and `batch_size` are at least 1,
+        `window` (seconds) holds the model's shortest input and `hop` is at least
+        MIN_HOP_SECONDS (None: the defaults, max duration and half a window). Called before
+        any audio is decoded."""
+        if top_k < 1:
+            raise ConfigError(f"--top-k {top_k}: give at least 1 label per clip")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size {batch_size}: give at least 1 clip per batch")
+        shortest = self.min_samples / self.sampling_rate
+        if window is not None and not (math.isfinite(window) and window >= shortest):
+            raise ConfigError(
+                f"--window {window:g}: give at least {shortest:.3f} s (the model's shortest "
+                f"input), e.g. the model's max duration {self.max_seconds:g}"
+            )
+        if hop is not None and not (math.isfinite(hop) and hop >= MIN_HOP_SECONDS):
+            raise ConfigError(
+                f"--hop {hop:g}: give at least {MIN_HOP_SECONDS:g} s between windows "
+                "(default: half a window)"
+            )
 
     def windows_of(self, wave: np.ndarray, window: float | None, hop: float | None):
         """(start, end) sample spans covering `wave`: one span when it fits in max duration."""
         size = int((window or self.max_seconds) * self.sampling_rate)
         if len(wave) <= size:
             return [(0, len(wave))]
-        step = max(1, int((hop or (window or self.max_seconds) / 2) * self.sampling_rate))
+        step = int((hop or (window or self.max_seconds) / 2) * self.sampling_rate)
         starts = list(range(0, len(wave) - size + 1, step))
         if starts[-1] + size < len(wave):  # cover the tail too
             starts.append(len(wave) - size)
@@ -137,6 +180,38 @@ class Classifier:
     def _top(self, probs: np.ndarray, top_k: int) -> tuple[list[str], list[float]]:
         best = np.argsort(-probs, kind="stable")[:top_k]
         return [self.labels[i] for i in best], [float(probs[i]) for i in best]
+
+    def predict_waves(
+        self,
+        waves: Sequence[np.ndarray],
+        names: Sequence[str],
+        top_k: int = 5,
+        batch_size: int = 16,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> list[Prediction]:
+        """Predict already decoded mono waves at `self.sampling_rate` (from `load_wave` or
+        `audio.load_many`), named `names`; windows of all waves are batched together. `top_k`
+        above the number of labels gives every label."""
+        self.check_settings(top_k, batch_size, window, hop)
+        spans = [self.windows_of(w, window, hop) for w in waves]
+        pieces = [w[a:b] for w, clip_spans in zip(waves, spans, strict=True) for a, b in clip_spans]
+        probs = self.probabilities(pieces, batch_size)
+        results, row = [], 0
+        for name, wave, clip_spans in zip(names, waves, spans, strict=True):
+            clip_probs = probs[row : row + len(clip_spans)]
+            row += len(clip_spans)
+            labels, scores = self._top(clip_probs.mean(axis=0), top_k)
+            timeline = None
+            if len(clip_spans) > 1:
+                timeline = [
+                    Window(a / self.sampling_rate, b / self.sampling_rate, *self._top(p, top_k))
+                    for (a, b), p in zip(clip_spans, clip_probs, strict=True)
+                ]
+            results.append(
+                Prediction(name, labels, scores, len(wave) / self.sampling_rate, timeline)
+            )
+        return results
 
     def predict_batch(
         self,
@@ -147,27 +222,17 @@ class Classifier:
         window: float | None = None,
         hop: float | None = None,
     ) -> list[Prediction]:
-        """Predict many inputs; windows of all inputs are batched together."""
+        """Predict many inputs (paths, bytes, file objects, or arrays at `sampling_rate`);
+        the first bad one raises its AudioError (`voxclass predict` gives error rows instead,
+        through `audio.load_many` and `predict_waves`)."""
+        if isinstance(sources, (str, Path, bytes, np.ndarray)):
+            raise TypeError("predict_batch takes a list of inputs; for one input use predict()")
+        self.check_settings(top_k, batch_size, window, hop)  # before decoding anything
         waves = [self.load_wave(s, sampling_rate) for s in sources]
-        spans = [self.windows_of(w, window, hop) for w in waves]
-        pieces = [w[a:b] for w, clip_spans in zip(waves, spans, strict=True) for a, b in clip_spans]
-        probs = self.probabilities(pieces, batch_size)
-        results, row = [], 0
-        for source, wave, clip_spans in zip(sources, waves, spans, strict=True):
-            clip_probs = probs[row : row + len(clip_spans)]
-            row += len(clip_spans)
-            labels, scores = self._top(clip_probs.mean(axis=0), top_k)
-            timeline = None
-            if len(clip_spans) > 1:
-                timeline = [
-                    Window(a / self.sampling_rate, b / self.sampling_rate, *self._top(p, top_k))
-                    for (a, b), p in zip(clip_spans, clip_probs, strict=True)
-                ]
-            name = "<array>" if isinstance(source, np.ndarray) else describe_source(source)
-            results.append(
-                Prediction(name, labels, scores, len(wave) / self.sampling_rate, timeline)
-            )
-        return results
+        names = [
+            "<array>" if isinstance(s, np.ndarray) else describe_source(s) for s in sources
+        ]
+        return self.predict_waves(waves, names, top_k, batch_size, window, hop)
 
     def predict(
         self,
@@ -178,4 +243,9 @@ class Classifier:
         hop: float | None = None,
     ) -> Prediction:
         """Predict one input (path, bytes, file object, or array with its sampling_rate)."""
+        if isinstance(source, (list, tuple)):
+            raise TypeError(
+                f"predict takes one input, got a {type(source).__name__} of {len(source)}; "
+                "use predict_batch for several"
+            )
         return self.predict_batch([source], sampling_rate, top_k, 1, window, hop)[0]

@@ -12,8 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from .audio import AudioError, AudioLimits
-from .config import ConfigError
+from .config import ConfigError, check_output_file
 from .data import DataConfig, DataError
 from .model import ModelError, require_torch
 
@@ -40,6 +45,7 @@ def data_options(
     test_groups: str | None,
     multi_label: bool = False,
     label_separator: str = ";",
+    allow_outside_paths: bool = False,
 ) -> DataConfig:
     return DataConfig(
         source=source,
@@ -53,7 +59,11 @@ def data_options(
         test_groups=[g for g in (test_groups or "").split(",") if g],
         multi_label=multi_label,
         label_separator=label_separator,
+        allow_outside_paths=allow_outside_paths,
     )
+
+
+ALLOW_OUTSIDE_HELP = "Let a manifest name audio outside its folder (../x.wav, /abs/x.wav)."
 
 
 @app.command()
@@ -126,14 +136,20 @@ def inspect(
     group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
     test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
     max_seconds: float = typer.Option(
-        AudioLimits.max_seconds, help="Clips longer than this are reported bad."
+        AudioLimits.max_seconds,
+        help="Clips longer than this are reported bad (training's limit by default).",
     ),
     multi_label: bool = typer.Option(
         False, "--multi-label", help="Several labels per clip in a manifest cell (dog;siren)."
     ),
     label_separator: str = typer.Option(";", help="Separates a cell's labels (--multi-label)."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
+    ),
 ) -> None:
-    """Per-split class counts, durations, sample rates, channels; lists every bad file."""
+    """Per-split class counts, durations, sample rates, channels; lists every file that
+    training, evaluation or prediction would refuse (the same audio checks; clips shorter than
+    the model's shortest input are padded with silence, not refused)."""
     from .data import load_data, summarize
 
     config = data_options(
@@ -148,6 +164,7 @@ def inspect(
         test_groups,
         multi_label=multi_label,
         label_separator=label_separator,
+        allow_outside_paths=allow_outside_paths,
     )
     summaries, bad = summarize(load_data(config), AudioLimits(max_seconds=max_seconds))
     labels = list(next(iter(summaries.values())).class_counts)
@@ -214,7 +231,7 @@ def train(
         "resume": resume,
         **parse_overrides(ctx.args),
     }
-    settings = build_config(TrainConfig, config, values)
+    settings = build_config(TrainConfig, config, values, option_names={"source": "data"})
     if not settings.source:
         raise ConfigError("--data is required (on the command line or as `source:` in --config)")
     try:
@@ -251,12 +268,15 @@ def evaluate(
     label_separator: str = typer.Option(
         ";", help="Separates a manifest cell's labels for a multi-label model."
     ),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
+    ),
 ) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip;
     with --snr, accuracy under noise per SNR (report.json `noise`, snr.png)."""
     from rich.progress import Progress
 
-    from .evaluate import EvalConfig, parse_snr
+    from .evaluate import EvalConfig, absent_note, parse_snr
     from .evaluate import evaluate as run_evaluation
 
     base = data_options(
@@ -270,6 +290,7 @@ def evaluate(
         group_pattern,
         test_groups,
         label_separator=label_separator,
+        allow_outside_paths=allow_outside_paths,
     )
     config = EvalConfig(
         **vars(base),
@@ -299,6 +320,10 @@ def evaluate(
         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"({report['errors']} of {report['clips']} misclassified) -> {out}/"
     )
+    if report["absent_labels"]:
+        console.print(
+            absent_note(report).removeprefix("- "), highlight=False, markup=False, soft_wrap=True
+        )
     if "noise" in report:
         curves = report["noise"]["curves"]
         table = Table(title="accuracy under noise")
@@ -320,6 +345,9 @@ def predict(
     out: Path = typer.Option(None, help="Write the results here instead of the terminal."),
     window: float = typer.Option(None, help="Window seconds for long audio (default: model max)."),
     hop: float = typer.Option(None, help="Hop seconds between windows (default: window / 2)."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
+    ),
 ) -> None:
     """Classify audio. Exit code: 0 all inputs classified, 1 some inputs failed (error rows),
     2 bad usage, model or data."""
@@ -329,7 +357,10 @@ def predict(
 
     if output_format not in ("table", "json", "csv"):
         raise ConfigError(f"--format {output_format!r}: choose table, json or csv")
-    paths = expand_inputs(inputs)  # a missing input fails before the model loads
+    if out is not None:
+        check_output_file(out, "--out")
+    # A missing input or a bad manifest fails before the model loads.
+    paths = expand_inputs(inputs, allow_outside_paths)
     clf = Classifier.load(model)
     results = run(clf, paths, top_k, batch_size, window, hop)
     failed = sum(isinstance(r, AudioError) for r in results)
@@ -408,7 +439,8 @@ def serve(
 
 
 def main() -> None:
-    """Console-script entry: user errors -> one line on stderr, exit code 2."""
+    """Console-script entry: user errors, usage errors included, are one line on stderr
+    (`error: ...`) and exit code 2; a command's own exit code (predict: 1) passes through."""
     from datasets.utils.logging import disable_progress_bar
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
@@ -417,7 +449,19 @@ def main() -> None:
     disable_progress_bar()
     quiet_transformers()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ClickException as err:  # a bad option: one line, not a framed box
+        where = f"{err.ctx.command_path} --help" if getattr(err, "ctx", None) else "--help"
+        message = f"error: {err.format_message()} (see {where})"
+        err_console.print(message, highlight=False, markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        err_console.print("Aborted!")
+        sys.exit(1)
     except USER_ERRORS as err:
         err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

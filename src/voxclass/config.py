@@ -66,8 +66,15 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -> T:
-    """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones."""
+def build_config(
+    cls: type[T],
+    yaml_file: Path | None,
+    values: dict[str, Any],
+    option_names: dict[str, str] | None = None,
+) -> T:
+    """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones,
+    and a field without a default that neither gives is an error naming its option
+    (`option_names` maps a field to its option where they differ, e.g. source -> data)."""
     merged: dict[str, Any] = {}
     if yaml_file is not None:
         try:
@@ -82,7 +89,38 @@ def build_config(cls: type[T], yaml_file: Path | None, values: dict[str, Any]) -
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and merged.get(f.name) is None:
+            option = (option_names or {}).get(f.name, f.name).replace("_", "-")
+            raise ConfigError(
+                f"--{option} is required (on the command line or as `{f.name}:` in --config)"
+            )
     return cls(**{k: _convert(k, v, hints[k]) for k, v in merged.items()})
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """ConfigError naming `option` unless `path` can be written as a file: its folder exists
+    and it is not itself a folder. Checked before the work, so no result is lost at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name inside it")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"{option} {path}: folder {path.parent} does not exist; create it or choose another"
+        )
+
+
+def honour_umask(root: Path) -> None:
+    """Give a finished output folder the modes the user's umask asks for (0755 folders and
+    0644 files under the usual 022): temp folders (0700) and safetensors files (0600) are
+    created private, and would otherwise stay unreadable to the rest of a team."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root.chmod(0o777 & ~mask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -78,6 +79,9 @@ class DataConfig:
     (audiofolders cannot: one folder is one label)."""
     label_separator: str = ";"
     """Separates the labels of one cell with `multi_label`."""
+    allow_outside_paths: bool = False
+    """Let a manifest name audio outside its own folder (`../x.wav`, absolute paths); off by
+    default, so a manifest from elsewhere cannot make voxclass read any file on the machine."""
 
 
 # ---------------------------------------------------------------- reading each kind of source
@@ -111,29 +115,75 @@ def _audiofolder_rows(root: Path) -> list[dict]:
     return rows
 
 
+def read_manifest(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every row of a UTF-8 CSV or JSONL manifest; DataError naming
+    the file and line for text that is not one (bad JSON, a row that is not an object,
+    non-UTF-8 bytes) and for a manifest with no rows."""
+    kind = "CSV" if path.suffix.lower() == ".csv" else "JSONL"
+    where = f"{path}"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            if kind == "CSV":
+                reader = csv.DictReader(f)
+                records = [(reader.line_num, r) for r in reader]
+            else:
+                records = []
+                for number, line in enumerate(f, start=1):
+                    where = f"{path}, line {number}"
+                    if line.strip():
+                        record = json.loads(line)
+                        if not isinstance(record, dict):
+                            raise DataError(
+                                f"{where}: expected a JSON object like "
+                                '{"path": "a.wav", "label": "dog"}, got ' + type(record).__name__
+                            )
+                        records.append((number, record))
+    except (json.JSONDecodeError, csv.Error) as err:
+        raise DataError(f"{where}: not a valid {kind} manifest ({err})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8 text; save the manifest as UTF-8") from None
+    if not records:
+        raise DataError(f"{path}: the manifest has no rows")
+    return records
+
+
+def manifest_audio_path(
+    manifest: Path, line: int, record: dict, allow_outside: bool = False
+) -> Path:
+    """The audio file a manifest row names, relative to the manifest's folder. A row without
+    a `path` value, or (unless `allow_outside`) whose path leads out of the manifest's folder
+    (`../x.wav`, `/etc/x`), is a DataError naming the line: a manifest from elsewhere must not
+    make voxclass read any file it names. The check is on the path as written, so a data
+    folder that is a symlink stays usable."""
+    value = record.get("path")
+    if not value:
+        columns = ", ".join(map(str, record))
+        raise DataError(
+            f"{manifest}, line {line}: no 'path' value (columns found: {columns}); "
+            "give each row the audio file's path"
+        )
+    folder = manifest.parent.absolute()
+    audio_path = Path(os.path.normpath(folder / str(value)))
+    if not allow_outside and not audio_path.is_relative_to(folder):
+        raise DataError(
+            f"{manifest}, line {line}: {value} is outside the manifest's folder {folder}; move "
+            "the manifest up, or pass --allow-outside-paths if you trust it"
+        )
+    return audio_path.resolve()
+
+
 def _manifest_rows(path: Path, config: DataConfig) -> list[dict]:
     """Rows of a CSV or JSONL manifest; `path` is relative to the manifest's folder. With
     `config.multi_label` a row's label is the list of labels in its cell (or JSON list)."""
     label_column = config.label_column
-    try:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
-                records = list(csv.DictReader(f))
-        else:
-            with open(path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a valid {path.suffix[1:].upper()} manifest ({err})") from None
-    if not records:
-        raise DataError(f"{path}: the manifest has no rows")
     rows = []
-    for line, record in enumerate(records, start=2 if path.suffix.lower() == ".csv" else 1):
-        if not record.get("path") or record.get(label_column) in (None, ""):
+    for line, record in read_manifest(path):
+        if record.get(label_column) in (None, ""):
             raise DataError(
                 f"{path}, line {line}: needs a 'path' and a '{label_column}' value "
-                f"(columns found: {', '.join(record)})"
+                f"(columns found: {', '.join(map(str, record))})"
             )
-        audio_path = (path.parent / str(record["path"])).resolve()
+        audio_path = manifest_audio_path(path, line, record, config.allow_outside_paths)
         if not audio_path.is_file():
             raise DataError(f"{path}, line {line}: audio file not found: {audio_path}")
         row = {k: str(v) for k, v in record.items()}

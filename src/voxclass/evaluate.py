@@ -23,7 +23,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from .audio import AudioError
+from .audio import load_many
 from .classifier import Classifier, Prediction
 from .config import ConfigError, write_atomic
 from .data import DataConfig, DataError, label_names, load_data
@@ -73,17 +73,11 @@ def parse_snr(text: str) -> list[float]:
 
 def load_clips(clf: Classifier, ds, progress: Callable | None = None) -> list[np.ndarray]:
     """Every clip of the split decoded once at the model's rate; all bad files named at once."""
-    waves, bad = [], []
-    for example in ds:
-        try:
-            waves.append(clf.load_wave(example["audio"]))
-        except AudioError as err:
-            bad.append(str(err))
-        if progress:
-            progress()
-    if bad:
+    waves, errors = load_many(ds["audio"], clf.sampling_rate, progress=progress)
+    if errors:
+        bad = [str(err) for err in errors.values()]
         raise DataError(f"{len(bad)} bad audio file(s):\n  " + "\n  ".join(bad))
-    return waves
+    return list(waves.values())
 
 
 def predict_labels(
@@ -93,9 +87,8 @@ def predict_labels(
     predictions behind it: the top-1 label, or for a multi-label model the sorted list of labels
     scoring above THRESHOLD (with the scores of every label)."""
     top_k = len(clf.labels) if clf.multi_label else 1
-    predictions = clf.predict_batch(
-        waves, sampling_rate=clf.sampling_rate, top_k=top_k, batch_size=batch_size
-    )
+    names = [f"<clip {i}>" for i in range(len(waves))]
+    predictions = clf.predict_waves(waves, names, top_k=top_k, batch_size=batch_size)
     if not clf.multi_label:
         return [p.labels[0] for p in predictions], predictions
     chosen = [
@@ -134,21 +127,36 @@ def noise_curves(
     return curves
 
 
+def present_labels(truth: list, labels: list[str]) -> list[str]:
+    """The model's labels that occur in `truth` (labels or label lists), in model order:
+    macro averages run over these, since a label absent from the data has no F1 to measure."""
+    seen = {x for t in truth for x in (t if isinstance(t, list) else [t])}
+    return [label for label in labels if label in seen]
+
+
+def _per_class(labels: list[str], precision, recall, f1, support) -> dict:
+    return {
+        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    }
+
+
 def compute_report(truth: list[str], predicted: list[str], labels: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support over the labels present in
+    `truth` (`absent_labels` lists the model's others), and the confusion matrix over all of
+    the model's labels (a clip may be predicted as an absent one)."""
+    present = present_labels(truth, labels)
     precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=labels, zero_division=0
+        truth, predicted, labels=present, zero_division=0
     )
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
         "macro_f1": float(
-            f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)
+            f1_score(truth, predicted, labels=present, average="macro", zero_division=0)
         ),
         "clips": len(truth),
-        "per_class": {
-            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
-        },
+        "per_class": _per_class(present, precision, recall, f1, support),
+        "absent_labels": [label for label in labels if label not in present],
         "labels": labels,
         "confusion": confusion_matrix(truth, predicted, labels=labels).tolist(),
     }
@@ -157,9 +165,12 @@ def compute_report(truth: list[str], predicted: list[str], labels: list[str]) ->
 def compute_multi_label_report(
     truth: list[list[str]], predicted: list[list[str]], labels: list[str]
 ) -> dict:
-    """Exact-match accuracy (the whole label set right), macro-F1 over labels, and per-label
-    precision/recall/F1/support (support: clips that truly have the label)."""
+    """Exact-match accuracy (the whole label set right), and macro-F1 and per-label
+    precision/recall/F1/support (support: clips that truly have the label) over the labels
+    present in `truth` (`absent_labels` lists the model's others)."""
     index = {label: i for i, label in enumerate(labels)}
+    present = present_labels(truth, labels)
+    columns = [index[x] for x in present]
 
     def multi_hot(sets: list[list[str]]) -> np.ndarray:
         hot = np.zeros((len(sets), len(labels)), int)
@@ -168,15 +179,15 @@ def compute_multi_label_report(
         return hot
 
     true, pred = multi_hot(truth), multi_hot(predicted)
-    precision, recall, f1, support = precision_recall_fscore_support(true, pred, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true[:, columns], pred[:, columns], zero_division=0
+    )
     return {
         "accuracy": float(accuracy_score(true, pred)),
-        "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1.mean()) if columns else 0.0,
         "clips": len(truth),
-        "per_class": {
-            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
-        },
+        "per_class": _per_class(present, precision, recall, f1, support),
+        "absent_labels": [label for label in labels if label not in present],
         "labels": labels,
         "multi_label": {"threshold": THRESHOLD},
     }
@@ -275,6 +286,17 @@ def noise_markdown(noise: dict) -> str:
 """
 
 
+def absent_note(report: dict) -> str:
+    """One line naming the model's labels the data does not hold (left out of macro-F1)."""
+    absent = report.get("absent_labels") or []
+    if not absent:
+        return ""
+    return (
+        f"- {len(absent)} of the model's {len(report['labels'])} labels do not occur in the "
+        f"data and are left out of macro-F1 and the table: {', '.join(absent)}"
+    )
+
+
 def report_markdown(report: dict, model: str, source: str) -> str:
     multi = "multi_label" in report
     rows = "\n".join(
@@ -287,6 +309,7 @@ def report_markdown(report: dict, model: str, source: str) -> str:
 - macro-F1: **{report["macro_f1"]:.4f}**
 - clips: {report["clips"]} ({report["errors"]} misclassified, see `errors.csv`)
 {f"- multi-label: a label is predicted when its score is above {THRESHOLD}" if multi else ""}
+{absent_note(report)}
 
 | label | precision | recall | F1 | support |
 |---|---|---|---|---|
@@ -310,7 +333,11 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
     gets no confusion.png (see the module docstring)."""
     if config.snr and not config.noise:
         raise ConfigError("--noise is empty: give white, pink, babble, or a noise file or folder")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder; give a folder for the report")
     clf = Classifier.load(config.model)
+    clf.check_settings(1, config.batch_size, None, None)
     noises = []
     if config.snr:  # noise recordings load before the data is decoded: a bad one fails fast
         noises = [Noise.load(name, clf.sampling_rate) for name in dict.fromkeys(config.noise)]
@@ -352,7 +379,6 @@ def evaluate(config: EvalConfig, progress: Callable | None = None) -> dict:
             "curves": noise_curves(clf, waves, truth, noises, config),
         }
 
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table)

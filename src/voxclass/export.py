@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import honour_umask
 from .features import extract_one, pad_batch
-from .model import ModelError, load_trained, require_torch
+from .model import ModelError, check_labels, load_trained, require_torch
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -50,9 +51,16 @@ class OnnxModel:
         from transformers import AutoConfig
 
         self.config = AutoConfig.from_pretrained(path)
-        self.session = ort.InferenceSession(
-            str(Path(path) / ONNX_FILE), providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(Path(path) / ONNX_FILE), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail...)
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise ModelError(
+                f"{Path(path) / ONNX_FILE}: not a usable ONNX graph ({first}); export it again "
+                "with `voxclass export`"
+            ) from None
         self.inputs = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
 
     def logits(self, extractor: Any, features: list[np.ndarray]) -> np.ndarray:
@@ -67,8 +75,11 @@ def load_onnx(path: str | Path) -> tuple[OnnxModel, Any]:
     """An exported directory's graph and the feature extractor saved beside it."""
     from transformers import AutoFeatureExtractor
 
+    check_labels(path)
     try:
         return OnnxModel(path), AutoFeatureExtractor.from_pretrained(path)
+    except ModelError:
+        raise
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load the exported model ({err})") from None
 
@@ -162,8 +173,8 @@ def export(
 
     require_torch("exporting to ONNX")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ModelError(f"{out}: already exists and is not empty; choose another --out")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise ModelError(f"{out}: already exists and is not an empty folder; choose another --out")
     model, extractor = load_trained(model_dir)
     reference = Classifier(model, extractor)  # the same rate / max duration torch inference uses
     rate = reference.sampling_rate
@@ -190,6 +201,7 @@ def export(
                 f"fp32 / {min_agreement:.0%}); nothing written to {out}"
             )
         (tmp / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        honour_umask(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -99,15 +99,62 @@ class Augment:
         return wave.astype(np.float32, copy=False)
 
 
-def extract_one(extractor: Callable, wave: np.ndarray, sampling_rate: int) -> np.ndarray:
+def extract_one(
+    extractor: Callable, wave: np.ndarray, sampling_rate: int, min_samples: int = 0
+) -> np.ndarray:
     """Model inputs of one clip, exactly as `pipeline` computes them for that clip alone.
+
+    A wave shorter than `min_samples` (see `min_samples`) is first padded with trailing zeros
+    (silence): a 20 ms click is classified instead of crashing the extractor or the model.
 
     One clip per call: given a list, SeamlessM4T pads every clip to the longest before
     stacking frames (and drops leftover frames), so a clip's features would depend on its
     neighbours. Batches are padded afterwards by `pad_batch`.
     """
+    if len(wave) < min_samples:
+        wave = np.pad(wave, (0, min_samples - len(wave)))
     name = extractor.model_input_names[0]
     return np.asarray(extractor(wave, sampling_rate=sampling_rate)[name][0], dtype=np.float32)
+
+
+def receptive_field(config: Any) -> int:
+    """Samples one output frame of a raw-waveform convolutional feature encoder sees
+    (`conv_kernel`/`conv_stride`, 400 for wav2vec2-base); 1 for models without one."""
+    kernels, strides = getattr(config, "conv_kernel", ()), getattr(config, "conv_stride", ())
+    field = 1
+    for kernel, stride in reversed(list(zip(kernels, strides, strict=True))):
+        field = (field - 1) * stride + kernel
+    return field
+
+
+def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | None = None) -> int:
+    """The shortest wave the model takes: the extractor must give at least one input frame
+    (SeamlessM4T log-mel with stride 4: 720 samples) and a raw-waveform convolutional
+    encoder (given its `config`) its receptive field. Every shorter clip is padded to this
+    length with silence by `extract_one`, in training and inference alike: the rule lives
+    here so the two cannot disagree."""
+    import warnings
+
+    rate = sampling_rate or extractor.sampling_rate
+
+    def works(length: int) -> bool:
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                return len(extract_one(extractor, np.zeros(length, np.float32), rate)) > 0
+        except (ValueError, RuntimeError, IndexError):
+            return False
+
+    low, high = 0, 1
+    while not works(high):  # doubling, then bisection: a few dozen extractor calls on silence
+        low, high = high, high * 2
+        if high > 60 * rate:
+            raise ValueError(f"{type(extractor).__name__} gives no frames even for 60 s of audio")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if works(middle) else (middle, high)
+    raw_waveform = extract_one(extractor, np.zeros(high, np.float32), rate).ndim == 1
+    return max(high, receptive_field(config) if raw_waveform else 1)
 
 
 def pad_batch(
@@ -125,15 +172,17 @@ def pad_batch(
 
 
 def min_input_length(model: torch.nn.Module) -> int:
-    """Shortest batch input in which the model's SpecAugment time masks fit: a batch of only
-    very short clips (a 0.1 s spoken digit) would otherwise stop training with an error."""
+    """Shortest batch input the model trains on: the receptive field of a raw-waveform
+    encoder, and room for the SpecAugment time masks: a batch of only very short clips (a
+    0.1 s spoken digit) would otherwise stop training with an error."""
     config = model.config
+    field = receptive_field(config)
     frames = getattr(config, "mask_time_length", 0) + 1
     if getattr(config, "mask_time_prob", 0) <= 0:
-        return 0
+        return field if field > 1 else 0
     import torch
 
-    length = frames
+    length = max(frames, field)
     while int(model._get_feat_extract_output_lengths(torch.tensor(length))) < frames:
         length *= 2
     return length
@@ -157,6 +206,7 @@ def featurize(
     from datasets import concatenate_datasets
 
     limit = int(max_seconds * sampling_rate)
+    shortest = min_samples(extractor, sampling_rate=sampling_rate)
 
     def extract(batch: dict, indices: list[int], copy: int) -> dict:
         waves = []
@@ -165,8 +215,8 @@ def featurize(
             wave = crop(np.asarray(wave, dtype=np.float32), limit, rng)
             waves.append(augment(wave, rng, sampling_rate) if augment and copy else wave)
         return {
-            "inputs": [extract_one(extractor, w, sampling_rate) for w in waves],
-            "length": [len(w) for w in waves],
+            "inputs": [extract_one(extractor, w, sampling_rate, shortest) for w in waves],
+            "length": [max(len(w), shortest) for w in waves],
         }
 
     parts = [

@@ -6,7 +6,10 @@ settings under `config.voxclass` (e.g. `max_seconds`) so that plain transformers
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 from .presets import PRESETS, preset_config
 
 DEFAULT_MAX_SECONDS = 10.0
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""What is looked up on the Hugging Face Hub: `org/name` only."""
 
 
 class ModelError(ValueError):
@@ -40,7 +45,7 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
         for key, value in {**label_maps(labels), **config_overrides}.items():
             setattr(config, key, value)
         return AutoModelForAudioClassification.from_config(config), extractor
-    _check_reachable(name_or_path)
+    name_or_path = _check_reachable(name_or_path)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
         model = AutoModelForAudioClassification.from_pretrained(
@@ -56,7 +61,8 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
 
 def load_trained(path: str | Path):
     """A trained classifier exactly as saved (its own labels), and its feature extractor."""
-    _check_reachable(str(path))
+    path = _check_reachable(str(path))
+    check_labels(path)
     require_torch(
         f"{path} is a torch model directory: running it",
         "run its ONNX export instead (`voxclass export` on a machine with torch)",
@@ -64,7 +70,7 @@ def load_trained(path: str | Path):
     try:
         extractor = AutoFeatureExtractor.from_pretrained(path)
         model = AutoModelForAudioClassification.from_pretrained(path)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights != config
         raise ModelError(_load_failure(str(path), err)) from None
     return model.eval(), extractor
 
@@ -84,14 +90,55 @@ def require_torch(purpose: str, alternative: str = "") -> None:
         )
 
 
-def _check_reachable(name_or_path: str) -> None:
-    path = Path(name_or_path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
-    if looks_local and not (path / "config.json").is_file():
+def check_labels(path: str | Path) -> None:
+    """ModelError unless a local model directory's config.json names its labels (`id2label`):
+    without them transformers invents LABEL_0, LABEL_1, ... and every answer would be wrong."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return  # a Hub id: transformers reads (and checks) it
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{config_file}: not readable JSON ({err})") from None
+    if not isinstance(config, dict) or not config.get("id2label"):
         raise ModelError(
-            f"{name_or_path}: not a model directory (no config.json); pass a voxclass output "
-            f"folder, a Hub id, or a preset ({', '.join(PRESETS)})"
+            f"{config_file}: no id2label, so the model's labels are unknown; use a trained "
+            "voxclass output folder, or add id2label (e.g. {\"0\": \"dog\", \"1\": \"cat\"})"
         )
+
+
+def _check_reachable(name_or_path: str) -> str:
+    """Only an existing model directory, a preset or an `org/name` Hub id get further: a path
+    that exists nowhere (`./runs/tinyy`, `runs/tinyy` where `runs/` is a local folder, any bare
+    name that is not a preset) is a ModelError at once, not a Hub lookup of a stranger's repo
+    with a minute of retries. Bare Hub ids (legacy canonical models) are not tried: voxclass
+    presets are bare names, and a mistyped one should say so. Returns the name with `~`
+    expanded."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path in PRESETS:
+        raise ModelError(
+            f"{name_or_path} is a preset to train from, not a trained model; pass the --output "
+            "folder of `voxclass train`"
+        )
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{name_or_path}: not a model directory (no config.json); pass a voxclass "
+                f"output folder, a Hub id (org/name), or a preset ({', '.join(PRESETS)})"
+            )
+        return str(path)
+    if HUB_ID.fullmatch(name_or_path) and not path.parent.is_dir():
+        return name_or_path
+    parent = path.parent if str(path.parent) not in ("", ".") else Path(".")
+    near = []
+    if parent.is_dir():
+        siblings = [p.name for p in parent.iterdir() if (p / "config.json").is_file()]
+        near = difflib.get_close_matches(path.name, siblings, n=3)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    raise ModelError(
+        f"{name_or_path}: no such model directory; {hint}pass a voxclass output folder, a Hub "
+        f"id (org/name), or a preset ({', '.join(PRESETS)})"
+    )
 
 
 def _load_failure(name: str, err: Exception) -> str:

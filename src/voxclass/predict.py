@@ -1,7 +1,8 @@
 """`voxclass predict`: files, folders and manifests in; a table, JSON or CSV out.
 
-A bad file becomes an error row with its reason while the rest still runs. Scoring is
-`Classifier.predict_batch`; this module only gathers inputs and formats results.
+A bad file becomes an error row with its reason while the rest still runs. Decoding is
+`audio.load_many`, scoring `Classifier.predict_waves`; this module only gathers inputs and
+formats results.
 """
 
 from __future__ import annotations
@@ -11,37 +12,36 @@ import io
 import json
 from pathlib import Path
 
-from .audio import AudioError, is_audio_path
+from .audio import AUDIO_EXTENSIONS, AudioError, AudioLimits, is_audio_path, load_many
 from .classifier import Classifier, Prediction
-from .data import MANIFEST_SUFFIXES, DataError
+from .data import MANIFEST_SUFFIXES, DataError, manifest_audio_path, read_manifest
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
+def expand_inputs(inputs: list[str], allow_outside_paths: bool = False) -> list[str]:
     """Files as given, folders recursively (audio extensions only), manifests by `path` column
-    (relative to the manifest's folder). A missing input is a DataError."""
+    (relative to the manifest's folder, and inside it unless `allow_outside_paths`). A missing
+    input, a folder without audio and a malformed manifest are DataErrors."""
     paths: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and is_audio_path(p)]
+            found = [str(p) for p in sorted(path.rglob("*")) if p.is_file() and is_audio_path(p)]
+            if not found:
+                raise DataError(
+                    f"{item}: no audio files found under it (extensions accepted: "
+                    f"{', '.join(sorted(AUDIO_EXTENSIONS))})"
+                )
+            paths += found
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-            paths += _manifest_paths(path)
+            paths += [
+                str(manifest_audio_path(path, line, record, allow_outside_paths))
+                for line, record in read_manifest(path)
+            ]
         elif path.exists() or is_audio_path(path):
             paths.append(str(path))  # a missing audio file becomes an error row
         else:
             raise DataError(f"{item}: no such file or folder")
     return paths
-
-
-def _manifest_paths(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        if path.suffix.lower() == ".csv":
-            records = list(csv.DictReader(f))
-        else:
-            records = [json.loads(line) for line in f if line.strip()]
-    if not records or "path" not in records[0]:
-        raise DataError(f"{path}: a manifest needs a 'path' column")
-    return [str(path.parent / r["path"]) for r in records]
 
 
 def run(
@@ -51,29 +51,20 @@ def run(
     batch_size: int = 16,
     window: float | None = None,
     hop: float | None = None,
+    limits: AudioLimits = AudioLimits(),
 ) -> list[Prediction | AudioError]:
-    """One result per path, in order: a Prediction, or the AudioError that stopped it."""
-    results: list[Prediction | AudioError] = []
-    waves, where = [], []
-    for path in paths:
-        try:
-            waves.append(clf.load_wave(path))
-            where.append(len(results))
-            results.append(None)  # type: ignore[arg-type]  # filled below
-        except AudioError as err:
-            results.append(err)
-    predictions = clf.predict_batch(
-        waves,
-        sampling_rate=clf.sampling_rate,
-        top_k=top_k,
-        batch_size=batch_size,
-        window=window,
-        hop=hop,
+    """One result per path, in order: a Prediction, or the AudioError that stopped it. Each
+    file is decoded once (`load_many`); the settings are checked before any is."""
+    clf.check_settings(top_k, batch_size, window, hop)
+    waves, errors = load_many(paths, clf.sampling_rate, limits)
+    predictions = clf.predict_waves(
+        list(waves.values()), [paths[i] for i in waves], top_k, batch_size, window, hop
     )
-    for index, prediction in zip(where, predictions, strict=True):
-        prediction.source = paths[index]
-        results[index] = prediction
-    return results
+    results: dict[int, Prediction | AudioError] = {
+        **errors,
+        **dict(zip(waves, predictions, strict=True)),
+    }
+    return [results[i] for i in range(len(paths))]
 
 
 def to_records(results: list[Prediction | AudioError]) -> list[dict]:
