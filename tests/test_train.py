@@ -62,6 +62,11 @@ def test_output_directory_is_complete_and_loads_in_plain_pipeline(trained_tone_m
     ):
         assert (out / name).is_file(), name
     assert not Path(f"{out}.work").exists()  # checkpoints removed once the model is final
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out, out / "model.safetensors", out / "config.json"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert path.stat().st_mode & 0o777 == expected, path  # the user's umask, not 0600
     metrics = json.loads((out / "metrics.json").read_text())
     evals = [e for e in metrics["epochs"] if "eval_macro_f1" in e]
     assert len(evals) >= 2 and all("eval_accuracy" in e for e in evals)

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from .config import ConfigError, save_config
+from .config import ConfigError, honour_umask, save_config
 from .data import (
     AUDIO_STRUCT,
     DataConfig,
@@ -688,6 +688,7 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         save_config(config, tmp / "voxclass_config.yaml")
         (tmp / "README.md").write_text(model_card(config, metrics))
+        honour_umask(tmp)  # safetensors writes 0600: a team could not read the model
         if out.exists():
             out.rename(old)
         tmp.rename(out)
