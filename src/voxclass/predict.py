@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .audio import AudioError, is_audio_path
@@ -19,29 +21,52 @@ from .data import MANIFEST_SUFFIXES, DataError
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files as given, folders recursively (audio extensions only), manifests by `path` column
     (relative to the manifest's folder). A missing input is a DataError."""
-    paths: list[str] = []
+    return list(iter_inputs(inputs))
+
+
+def iter_inputs(inputs: list[str]) -> Iterator[str]:
+    """`expand_inputs` as a stream, in the same order: folders are walked and manifests read
+    as the paths are consumed, so a 10-million-line manifest is never held whole. The inputs
+    themselves are checked before the first path is produced (a missing one is a DataError)."""
+    kinds = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and is_audio_path(p)]
+            kinds.append((_walk, path))
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-            paths += _manifest_paths(path)
+            kinds.append((_manifest_paths, path))
         elif path.exists() or is_audio_path(path):
-            paths.append(str(path))  # a missing audio file becomes an error row
+            kinds.append((_single, path))  # a missing audio file becomes an error row
         else:
             raise DataError(f"{item}: no such file or folder")
-    return paths
+    return (p for read, path in kinds for p in read(path))
 
 
-def _manifest_paths(path: Path) -> list[str]:
+def _single(path: Path) -> Iterator[str]:
+    yield str(path)
+
+
+def _walk(folder: Path) -> Iterator[str]:
+    """Audio files under `folder`, in `sorted(folder.rglob("*"))` order, one folder at a time."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():
+            yield from _walk(Path(entry.path))
+        elif entry.is_file() and is_audio_path(Path(entry.name)):
+            yield entry.path
+
+
+def _manifest_paths(path: Path) -> Iterator[str]:
     with open(path, newline="") as f:
         if path.suffix.lower() == ".csv":
-            records = list(csv.DictReader(f))
+            records = csv.DictReader(f)
         else:
-            records = [json.loads(line) for line in f if line.strip()]
-    if not records or "path" not in records[0]:
-        raise DataError(f"{path}: a manifest needs a 'path' column")
-    return [str(path.parent / r["path"]) for r in records]
+            records = (json.loads(line) for line in f if line.strip())
+        first = next(records, None)
+        if first is None or "path" not in first:
+            raise DataError(f"{path}: a manifest needs a 'path' column")
+        yield str(path.parent / first["path"])
+        for record in records:
+            yield str(path.parent / record["path"])
 
 
 def run(
