@@ -241,7 +241,7 @@ class RayPredictor:
 
         ds = ray.data.from_items([{"source": p} for p in paths])
         ds = ds.map_batches(RayPredictor, fn_constructor_kwargs={"model": "model/"},
-                            concurrency=4, batch_size=64)
+                            compute=ray.data.ActorPoolStrategy(size=4), batch_size=64)
 
     Each actor loads the model once (a model directory or an ONNX export). A batch needs a
     `source` column of audio paths every worker can read; it comes back with `labels` and
@@ -389,7 +389,7 @@ def _ray_pipeline(ray, work: Plan, spill: Path, rate: int, model: str, out: Path
         },
         batch_size=1,
         batch_format="pyarrow",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=0.75,
     )
     for _ in written.iter_batches(batch_size=None):
