@@ -31,7 +31,11 @@ from voxclass.model import build_model
 from voxclass.predict import expand_inputs, run
 from voxclass.scale import results_table, run_engine
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+# ../shared/data/fsdd beside the checkout (or a worktree of it)
+FSDD = next(
+    (p / "shared/data/fsdd" for p in Path(__file__).resolve().parents if (p / "shared").is_dir()),
+    Path("shared/data/fsdd"),
+)
 RATE = 8000
 
 
