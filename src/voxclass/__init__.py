@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from .classifier import Classifier
 
         return Classifier
+    if name == "RayPredictor":  # a Ray Data callable class; Ray itself is not imported
+        from .scale import RayPredictor
+
+        return RayPredictor
     raise AttributeError(name)

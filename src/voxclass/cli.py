@@ -348,13 +348,38 @@ def predict(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
     ),
+    engine: str = typer.Option(
+        None,
+        help="plain (one file or the terminal); shards or ray (resumable Parquet shards in "
+        "--out DIR). Default: shards under torchrun, else plain.",
+    ),
+    address: str = typer.Option(None, help="Ray cluster: auto or ray://HOST:PORT (default local)."),
+    workers: int = typer.Option(1, help="Ray actors, each with its own copy of the model."),
+    chunk_size: int = typer.Option(500, help="Inputs per shard: the unit of resuming."),
 ) -> None:
     """Classify audio. Exit code: 0 all inputs classified, 1 some inputs failed (error rows),
     2 bad usage, model or data."""
     from .classifier import Classifier
     from .config import write_atomic
     from .predict import expand_inputs, render, run
+    from .scale import ENGINES, default_engine, run_engine
 
+    if (engine := engine or default_engine()) not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: choose {', '.join(ENGINES)}")
+    if engine != "plain":
+        if allow_outside_paths:
+            raise ConfigError(
+                f"--allow-outside-paths works with the plain engine only, not --engine {engine}"
+            )
+        args = (top_k, batch_size, chunk_size, window, hop, workers, address)
+        if summary := run_engine(engine, model, inputs, out, *args):
+            err_console.print(f"{summary.rows} rows ({summary.errors} errors) in {out}")
+            # torchrun would read exit 1 as a crashed rank; its error rows speak for themselves
+            if summary.errors and default_engine() == "plain":
+                raise typer.Exit(1)
+        return
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; shards need --engine shards or ray")
     if output_format not in ("table", "json", "csv"):
         raise ConfigError(f"--format {output_format!r}: choose table, json or csv")
     if out is not None:

@@ -20,6 +20,7 @@ import re
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,19 +116,21 @@ def _audiofolder_rows(root: Path) -> list[dict]:
     return rows
 
 
-def read_manifest(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) for every row of a UTF-8 CSV or JSONL manifest; DataError naming
-    the file and line for text that is not one (bad JSON, a row that is not an object,
-    non-UTF-8 bytes) and for a manifest with no rows."""
+def iter_manifest(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each row of a UTF-8 CSV or JSONL manifest, read as they are
+    consumed (a 10-million-line manifest is never held whole); DataError naming the file and
+    line for text that is not one (bad JSON, a row that is not an object, non-UTF-8 bytes) and
+    for a manifest with no rows."""
     kind = "CSV" if path.suffix.lower() == ".csv" else "JSONL"
-    where = f"{path}"
+    where, rows = f"{path}", 0
     try:
         with open(path, newline="", encoding="utf-8") as f:
             if kind == "CSV":
                 reader = csv.DictReader(f)
-                records = [(reader.line_num, r) for r in reader]
+                for record in reader:
+                    rows += 1
+                    yield reader.line_num, record
             else:
-                records = []
                 for number, line in enumerate(f, start=1):
                     where = f"{path}, line {number}"
                     if line.strip():
@@ -137,14 +140,19 @@ def read_manifest(path: Path) -> list[tuple[int, dict]]:
                                 f"{where}: expected a JSON object like "
                                 '{"path": "a.wav", "label": "dog"}, got ' + type(record).__name__
                             )
-                        records.append((number, record))
+                        rows += 1
+                        yield number, record
     except (json.JSONDecodeError, csv.Error) as err:
         raise DataError(f"{where}: not a valid {kind} manifest ({err})") from None
     except UnicodeDecodeError:
         raise DataError(f"{where}: not UTF-8 text; save the manifest as UTF-8") from None
-    if not records:
+    if not rows:
         raise DataError(f"{path}: the manifest has no rows")
-    return records
+
+
+def read_manifest(path: Path) -> list[tuple[int, dict]]:
+    """Every row of `iter_manifest`, at once."""
+    return list(iter_manifest(path))
 
 
 def manifest_audio_path(

@@ -1,0 +1,149 @@
+"""Scale-out: plain `predict` vs the Ray engine with 1 and 2 workers, on the same files, in one
+run. Prints clips/s, the ratios the engine promises, and whether every row agrees with plain
+`predict` (same labels, scores within 1e-6).
+
+    python benchmarks/scale_out.py [--model DIR] [--clips 600] [--seconds 5] [--quick]
+
+Clips are real FSDD digit recordings strung together to `--seconds` each, written as 8 kHz WAV
+files to a temp folder; every engine decodes them from disk. Without --model a `tiny` preset
+with fixed random weights is used. The Ray instance is started once before the timed runs
+(cluster start-up is paid once per cluster, not per job); each timed run includes loading the
+model in every actor, decoding, classifying and writing the shards. Plain `predict` is timed
+twice: with torch's default threads (all cores) and with one thread, the share one Ray
+worker gets (`OMP_NUM_THREADS=1` in each actor), which isolates the engine's own overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from voxclass import Classifier
+from voxclass.audio import load_audio
+from voxclass.model import build_model
+from voxclass.predict import expand_inputs, run
+from voxclass.scale import results_table, run_engine
+
+# ../shared/data/fsdd beside the checkout (or a worktree of it)
+FSDD = next(
+    (p / "shared/data/fsdd" for p in Path(__file__).resolve().parents if (p / "shared").is_dir()),
+    Path("shared/data/fsdd"),
+)
+RATE = 8000
+
+
+def write_clips(folder: Path, n: int, seconds: float, seed: int = 0) -> None:
+    """`n` WAV files of `seconds` each, runs of random FSDD digit recordings."""
+    rng = np.random.default_rng(seed)
+    files = sorted(FSDD.glob("*/*.wav"))
+    folder.mkdir(parents=True)
+    for i in range(n):
+        parts, length = [], 0
+        while length < seconds * RATE:
+            wave = load_audio(files[rng.integers(len(files))], RATE)
+            parts.append(wave)
+            length += len(wave)
+        sf.write(folder / f"clip_{i:05d}.wav", np.concatenate(parts)[: int(seconds * RATE)], RATE)
+
+
+def fresh_model(path: Path) -> Path:
+    torch.manual_seed(0)
+    model, extractor = build_model("tiny", [str(d) for d in range(10)])
+    model.save_pretrained(path)
+    extractor.save_pretrained(path)
+    return path
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def agreement(reference: pd.DataFrame, out: Path) -> tuple[bool, float]:
+    """(every source once with the same labels, largest score difference) against plain."""
+    rows = pd.read_parquet(out).set_index("source").sort_index()
+    same = list(rows.index) == list(reference.index) and all(
+        list(a) == list(b) for a, b in zip(rows["labels"], reference["labels"], strict=True)
+    )
+    diff = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(rows["scores"], reference["scores"], strict=True)
+    )
+    return same, diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="model directory (default: tiny, random weights)")
+    parser.add_argument("--clips", type=int, default=600)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="40 clips of 1 s: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.clips, args.seconds = 40, 1.0
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = args.model or str(fresh_model(root / "model"))
+        write_clips(root / "clips", args.clips, args.seconds)
+        inputs = [str(root / "clips")]
+        chunk = max(1, args.clips // 24)  # enough chunks to keep two workers busy to the end
+
+        def plain():
+            clf = Classifier.load(model)
+            return run(clf, expand_inputs(inputs), top_k=3, batch_size=args.batch_size)
+
+        threads = torch.get_num_threads()
+        plain_s, results = timed(plain)
+        torch.set_num_threads(1)
+        plain1_s, _ = timed(plain)
+        torch.set_num_threads(threads)
+        reference = results_table(results).to_pandas().set_index("source").sort_index()
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        runs = {}
+        for workers in (1, 2):
+            out = root / f"ray{workers}"
+            runs[workers] = timed(
+                lambda out=out, workers=workers: run_engine(
+                    "ray", model, inputs, out, top_k=3, batch_size=args.batch_size,
+                    chunk_size=chunk, workers=workers,
+                )  # fmt: skip
+            )[0], agreement(reference, out)
+        ray.shutdown()
+
+    rate = {
+        f"plain predict ({threads} threads)": args.clips / plain_s,
+        "plain predict (1 thread)": args.clips / plain1_s,
+        "ray, 1 worker": args.clips / runs[1][0],
+        "ray, 2 workers": args.clips / runs[2][0],
+    }
+    print(f"{args.clips} clips of {args.seconds:g} s, chunks of {chunk}, batch {args.batch_size}")
+    print(f"{'engine':<28} {'clips/s':>8}  agrees with plain (max score diff)")
+    for name, value in rate.items():
+        check = ""
+        if name.startswith("ray"):
+            same, diff = runs[1 if "1 worker" in name else 2][1]
+            check = f"{'yes' if same and diff < 1e-6 else 'NO'} ({diff:.1e})"
+        print(f"{name:<28} {value:8.1f}  {check}")
+    scaling = rate["ray, 2 workers"] / rate["ray, 1 worker"]
+    overhead = rate["ray, 1 worker"] / rate["plain predict (1 thread)"]
+    versus_default = rate["ray, 1 worker"] / rate[f"plain predict ({threads} threads)"]
+    print(f"2 workers / 1 worker: {scaling:.2f}x (goal >= 1.7)")
+    print(f"ray 1 worker / plain 1 thread: {overhead:.2f} (goal >= 0.85)")
+    print(f"ray 1 worker / plain {threads} threads: {versus_default:.2f}")
+    print(f"per worker: {rate['ray, 2 workers'] / 2:.1f} clips/s")
+
+
+if __name__ == "__main__":
+    main()
