@@ -234,6 +234,7 @@ def train_and_test(
             source=str(manifest),
             model=name,
             output=str(work / "model"),
+            allow_outside_paths=True,  # the fold's manifest (a temp file) names FSDD's clips
             **{**settings, **variant.train},
         )
         model_dir = train(config)

@@ -117,7 +117,13 @@ def test_train_with_augment_noise(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert f"augment_noise: {tmp_path / 'noises'}" in (out / "voxclass_config.yaml").read_text()
     code, _, err = run_cli(
-        monkeypatch, capsys, *args, "--output", out, "--augment-noise", tmp_path / "nowhere"
+        monkeypatch,
+        capsys,
+        *args,
+        "--output",
+        tmp_path / "m2",
+        "--augment-noise",
+        tmp_path / "nowhere",
     )
     assert code == 2 and "nowhere: no such noise file or folder" in err
 
@@ -136,7 +142,9 @@ def test_multi_label_inspect_train_and_evaluate(tmp_path, monkeypatch, capsys):
     assert json.loads((model / "config.json").read_text())["problem_type"] == (
         "multi_label_classification"
     )
-    code, _, err = run_cli(monkeypatch, capsys, *args, "--multi-label", "--class-weights", "true")
+    code, _, err = run_cli(
+        monkeypatch, capsys, *args, "--multi-label", "--class-weights", "--overwrite", "true"
+    )
     assert code == 2 and "drop --class-weights" in err
 
     eval_out = tmp_path / "eval"

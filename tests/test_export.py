@@ -108,9 +108,9 @@ def test_cli_export_and_its_errors(tmp_path):
     assert result.exit_code == 0, result.output
     assert "top-1 agreement 100.0%" in result.output
     assert (tmp_path / "onnx" / "model.onnx").is_file()
-    with pytest.raises(ModelError, match="not empty"):
+    with pytest.raises(ModelError, match="not an empty folder"):
         export(src, tmp_path / "onnx")
-    with pytest.raises(ModelError, match="not a model directory"):
+    with pytest.raises(ModelError, match="no such model directory"):
         export(tmp_path / "nowhere", tmp_path / "x")
 
 

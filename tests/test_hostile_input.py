@@ -82,6 +82,9 @@ def ws(tmp_path_factory, trained_tone_model) -> dict[str, str]:
         for file in ("config.json", "preprocessor_config.json"):
             (d / name / file).write_bytes((trained_tone_model / file).read_bytes())
     (d / "broken_onnx" / "model.onnx").write_bytes(b"\x08\x07" + os.urandom(500))
+    (d / "no_labels" / "model.safetensors").write_bytes(
+        (trained_tone_model / "model.safetensors").read_bytes()
+    )
     config = json.loads((d / "no_labels" / "config.json").read_text())
     del config["id2label"], config["label2id"]
     (d / "no_labels" / "config.json").write_text(json.dumps(config))

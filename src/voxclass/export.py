@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import honour_umask
 from .features import extract_one, pad_batch
-from .model import ModelError, check_labels, load_trained, require_torch
+from .model import ModelError, labels_hint, load_trained, require_torch
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -62,6 +62,12 @@ class OnnxModel:
                 "with `voxclass export`"
             ) from None
         self.inputs = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != self.config.num_labels:
+            raise ModelError(
+                f"{path}: the graph scores {width} labels but config.json names "
+                f"{self.config.num_labels}" + (labels_hint(path, width) or "; export it again")
+            )
 
     def logits(self, extractor: Any, features: list[np.ndarray]) -> np.ndarray:
         """Pad per-clip features to the batch's longest, as torch inference does, and run the
@@ -75,7 +81,6 @@ def load_onnx(path: str | Path) -> tuple[OnnxModel, Any]:
     """An exported directory's graph and the feature extractor saved beside it."""
     from transformers import AutoFeatureExtractor
 
-    check_labels(path)
     try:
         return OnnxModel(path), AutoFeatureExtractor.from_pretrained(path)
     except ModelError:

@@ -62,7 +62,6 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
 def load_trained(path: str | Path):
     """A trained classifier exactly as saved (its own labels), and its feature extractor."""
     path = _check_reachable(str(path))
-    check_labels(path)
     require_torch(
         f"{path} is a torch model directory: running it",
         "run its ONNX export instead (`voxclass export` on a machine with torch)",
@@ -71,7 +70,8 @@ def load_trained(path: str | Path):
         extractor = AutoFeatureExtractor.from_pretrained(path)
         model = AutoModelForAudioClassification.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights != config
-        raise ModelError(_load_failure(str(path), err)) from None
+        hint = labels_hint(path) if isinstance(err, RuntimeError) else ""
+        raise ModelError(_load_failure(str(path), err) + hint) from None
     return model.eval(), extractor
 
 
@@ -90,21 +90,21 @@ def require_torch(purpose: str, alternative: str = "") -> None:
         )
 
 
-def check_labels(path: str | Path) -> None:
-    """ModelError unless a local model directory's config.json names its labels (`id2label`):
-    without them transformers invents LABEL_0, LABEL_1, ... and every answer would be wrong."""
+def labels_hint(path: str | Path, saved_labels: int | None = None) -> str:
+    """Why a model directory's weights may not fit its config: a config.json without `id2label`
+    makes transformers assume 2 labels (LABEL_0, LABEL_1). Empty when the config names them."""
     config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        return  # a Hub id: transformers reads (and checks) it
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{config_file}: not readable JSON ({err})") from None
-    if not isinstance(config, dict) or not config.get("id2label"):
-        raise ModelError(
-            f"{config_file}: no id2label, so the model's labels are unknown; use a trained "
-            "voxclass output folder, or add id2label (e.g. {\"0\": \"dog\", \"1\": \"cat\"})"
-        )
+    except (OSError, ValueError):
+        return ""
+    if isinstance(config, dict) and config.get("id2label"):
+        return ""
+    held = f" while the weights hold {saved_labels}" if saved_labels else ""
+    return (
+        f"; {config_file} has no id2label, so transformers assumes 2 labels{held}: add id2label "
+        '(e.g. {"0": "dog", "1": "cat"}) or use a trained voxclass output folder'
+    )
 
 
 def _check_reachable(name_or_path: str) -> str:
