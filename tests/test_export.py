@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from conftest import TONES, burst, free_port, write_tone_folder
@@ -63,7 +64,7 @@ def test_preset_export_matches_torch_on_real_and_synthetic_clips(preset, fsdd, t
 
 def test_int8_export_of_a_trained_model_keeps_its_predictions(trained_tone_model, tmp_path):
     report = export(trained_tone_model, tmp_path / "int8", int8=True)
-    assert report.int8 and report.agreement >= 0.9
+    assert report.int8  # its agreement figure is checked below, against onnxruntime run here
     fp32_size = (trained_tone_model / "model.safetensors").stat().st_size
     assert report.size_bytes < 0.5 * fp32_size  # int8 weights: about a quarter
     clf = Classifier.load(tmp_path / "int8")
@@ -72,6 +73,33 @@ def test_int8_export_of_a_trained_model_keeps_its_predictions(trained_tone_model
     assert clf.backend == "onnx"
     assert (clf.probabilities(waves).argmax(1) == reference.probabilities(waves).argmax(1)).all()
     assert [p.labels[0] for p in clf.predict_batch(waves, 8000)[::2]] == list(TONES)
+
+
+def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
+    """The reported top-1 agreement, recomputed with onnxruntime run directly on model.onnx.
+    Random weights give near-tied scores, so int8 flips some answers (21 of 24 agree with
+    seed 0): a figure to get right, not a bound to pass. Dynamic int8 sets its scales per
+    batch, so the clips go in as export validates them: 4 at a time, sorted by length (all
+    equal here)."""
+    torch.manual_seed(0)
+    src = save_preset("tiny", tmp_path / "model")
+    reference = Classifier.load(src)
+    rate, extractor = reference.sampling_rate, reference.extractor
+    rng = np.random.default_rng(0)
+    clips = [0.1 * rng.standard_normal(rate).astype(np.float32) for _ in range(24)]
+    report = export(src, tmp_path / "int8", int8=True, clips=clips, min_agreement=0.0)
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "int8" / "model.onnx"))
+    kinds = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+    int8_top1 = []
+    for start in range(0, len(clips), 4):
+        features = [extract_one(extractor, c, rate) for c in clips[start : start + 4]]
+        padded = extractor.pad({extractor.model_input_names[0]: features}, return_tensors="np")
+        feed = {i.name: padded[i.name].astype(kinds[i.type]) for i in session.get_inputs()}
+        int8_top1.extend(session.run(["logits"], feed)[0].argmax(1))
+    agreement = np.mean(np.asarray(int8_top1) == reference.probabilities(clips).argmax(1))
+    assert 0.5 < agreement < 1.0  # random weights: some answers flip, most do not
+    assert report.clips == len(clips) and report.agreement == agreement
 
 
 def test_exports_a_model_saved_by_plain_transformers(tmp_path):
