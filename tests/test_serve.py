@@ -694,10 +694,25 @@ def test_abuse_benchmark_quick_run_prints_its_table():
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {line.split("  ")[0]: line for line in result.stdout.splitlines() if "  " in line}
-    for row in ("server RSS", "good p50", "attacks sent", "good errors", "memory goal"):
-        assert row in rows, (row, result.stdout)
-    assert " 0 " in rows["good errors"] + " "
+    lines = result.stdout.splitlines()
+
+    def row(name: str) -> list[str]:
+        matches = [line.split() for line in lines if line.startswith(name)]
+        assert len(matches) == 1, (name, result.stdout)
+        return matches[0]
+
+    assert row("good errors")[-2:] == ["0", "0"]
+    assert row("server alive after")[-1] == "yes"
+    assert int(row("attacks sent")[-1]) >= 1
+    for name in ("server RSS (peak)", "good p50"):
+        assert re.fullmatch(r"[0-9.]+x", row(name)[-1]), (name, result.stdout)
+    # Every attack was answered in HTTP (its status), the header-only ones with a refusal.
+    for attack in ("WAV header claiming 1 Hz", "FLAC header claiming 2^36 frames"):
+        fields = row(attack)
+        assert "422" in fields or fields[-3:] == ["0", "-", "-"], (attack, result.stdout)
+    # The goals are timing: reported, not asserted here (the full run is the measurement).
+    for goal in ("memory goal", "latency goal"):
+        assert row(goal)[-1] == "met"  # "met" or "NOT met"
 
 
 # ---------------------------------------------------------------------------- real browser
