@@ -7,6 +7,7 @@ and a function that checks its output (see the ones below)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -117,11 +118,34 @@ def check_scale_out(output: str) -> None:
     assert "2 workers / 1 worker:" in output and "per worker:" in output
 
 
+def check_serve_abuse(output: str) -> None:
+    lines = output.splitlines()
+
+    def row(name: str) -> list[str]:
+        matches = [line.split() for line in lines if line.startswith(name)]
+        assert len(matches) == 1, (name, output)
+        return matches[0]
+
+    assert row("good errors")[-2:] == ["0", "0"]
+    assert row("server alive after")[-1] == "yes"
+    assert int(row("attacks sent")[-1]) >= 1
+    for name in ("server RSS (peak)", "good p50"):
+        assert re.fullmatch(r"[0-9.]+x", row(name)[-1]), (name, output)
+    # Every attack was answered in HTTP (its status), the header-only ones with a refusal.
+    for attack in ("WAV header claiming 1 Hz", "FLAC header claiming 2^36 frames"):
+        fields = row(attack)
+        assert "422" in fields or fields[-3:] == ["0", "-", "-"], (attack, output)
+    # The goals are timing: reported, not judged on a quick run (the full run is the measurement)
+    for goal in ("memory goal", "latency goal"):
+        assert " ".join(row(goal)[-2:]).endswith(("met", "NOT met")), (goal, output)
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
     "recipe_vs_seed.py": check_recipe_vs_seed,
     "scale_out.py": check_scale_out,
+    "serve_abuse.py": check_serve_abuse,
     "serve_load.py": check_serve_load,
     "unseen_speakers.py": check_unseen_speakers,
 }

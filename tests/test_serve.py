@@ -1,11 +1,14 @@
-"""`voxclass serve`: every route and error through FastAPI's TestClient, inference off the event
-loop with concurrent requests batched, the CLI command, an exported ONNX model, and the web
-page driven in headless Debian chromium (marker `browser`)."""
+"""`voxclass serve`: every route and error through FastAPI's TestClient, hostile uploads refused
+from their header, per-clip errors inside a batch, the Host allow-list, inference off the event
+loop with concurrent requests batched (gated, no sleeps), the CLI command, an exported ONNX
+model, offline /docs, the abuse benchmark's quick run, and the web page driven in headless
+Debian chromium (marker `browser`)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sys
 import threading
 import time
@@ -20,9 +23,32 @@ from fastapi.testclient import TestClient
 
 from voxclass import Classifier, cli
 from voxclass.classifier import Prediction
+from voxclass.config import ConfigError
 from voxclass.serve import STATIC, create_app
 
 RATE = 8000  # the tone model's rate (tiny preset)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def local(app, **kwargs) -> TestClient:
+    """A TestClient addressing the app as `localhost` (the default allow-list has no
+    `testserver`)."""
+    return TestClient(app, base_url="http://localhost", **kwargs)
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+async def async_wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def wav_bytes(wave: np.ndarray, rate: int = RATE, fmt: str = "WAV") -> bytes:
@@ -42,7 +68,7 @@ def clf(trained_tone_model) -> Classifier:
 
 @pytest.fixture(scope="module")
 def client(clf) -> TestClient:
-    with TestClient(create_app(clf)) as test_client:
+    with local(create_app(clf)) as test_client:
         yield test_client
 
 
@@ -54,6 +80,8 @@ def test_health_and_model_description(client, clf):
         "sampling_rate": RATE,
         "max_seconds": clf.max_seconds,
         "backend": "torch",
+        "max_audio_seconds": max(60.0, 10 * clf.max_seconds),
+        "max_sample_rate": 48000,
     }
 
 
@@ -135,7 +163,7 @@ def test_bad_form_fields_are_422_in_words(client, request_kwargs, culprit):
 
 
 def test_upload_over_the_limit_is_413_before_the_body_is_read(clf):
-    limited = TestClient(create_app(clf, max_upload_mb=0.01))  # 10,485 bytes
+    limited = local(create_app(clf, max_upload_mb=0.01))  # 10,485 bytes
     small = wav_bytes(burst(500, 0.5, RATE))  # 8 kB
     assert limited.post("/v1/classify", **upload("ok.wav", small)).status_code == 200
     big = wav_bytes(burst(500, 1.0, RATE))  # 16 kB
@@ -178,7 +206,7 @@ def test_chunked_upload_is_cut_off_at_the_limit_while_streaming(clf):
         "root_path": "",
         "query_string": b"",
         "headers": [
-            (b"host", b"testserver"),
+            (b"host", b"localhost"),
             (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
             (b"transfer-encoding", b"chunked"),
         ],
@@ -192,7 +220,7 @@ def test_chunked_upload_is_cut_off_at_the_limit_while_streaming(clf):
 
 
 def test_chunked_upload_over_the_limit_through_the_client_is_413(clf):
-    limited = TestClient(create_app(clf, max_upload_mb=0.01))
+    limited = local(create_app(clf, max_upload_mb=0.01))
 
     def body():
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n\r\n'
@@ -207,7 +235,7 @@ def test_chunked_upload_over_the_limit_through_the_client_is_413(clf):
 
 
 def test_token_is_required_on_the_api_but_not_on_health_docs_or_page(clf):
-    guarded = TestClient(create_app(clf, token="s3cret"))
+    guarded = local(create_app(clf, token="s3cret"))
     clip = wav_bytes(burst(TONES["mid"], 1.0, RATE))
 
     missing = guarded.post("/v1/classify", **upload("m.wav", clip))
@@ -254,7 +282,7 @@ def test_exported_onnx_model_serves_the_same_labels(trained_tone_model, clf, tmp
     from voxclass.export import export
 
     export(trained_tone_model, tmp_path / "onnx")
-    onnx_client = TestClient(create_app(tmp_path / "onnx"))
+    onnx_client = local(create_app(tmp_path / "onnx"))
     assert onnx_client.get("/v1/model").json()["backend"] == "onnx"
     for freq in TONES.values():
         clip = wav_bytes(burst(freq, 1.2, RATE, seed=5))
@@ -273,7 +301,7 @@ def test_the_model_is_loaded_once_for_all_requests(trained_tone_model, monkeypat
         return real_load(cls, path)
 
     monkeypatch.setattr(Classifier, "load", classmethod(counted_load))
-    served = TestClient(create_app(trained_tone_model))
+    served = local(create_app(trained_tone_model))
     clip = wav_bytes(burst(TONES["low"], 1.0, RATE))
     for _ in range(3):
         assert served.post("/v1/classify", **upload("l.wav", clip)).status_code == 200
@@ -282,17 +310,40 @@ def test_the_model_is_loaded_once_for_all_requests(trained_tone_model, monkeypat
 
 
 class GatedClassifier(Classifier):
-    """The real tone classifier, but each batch waits for `gate` and its size is recorded."""
+    """The real tone classifier, but each forward waits for `gate`, its pieces' lengths are
+    recorded, and a forward holding a piece of length `poison` raises."""
 
-    def __init__(self, clf: Classifier):
+    def __init__(self, clf: Classifier, poison: int = -1):
         super().__init__(clf.model, clf.extractor)
         self.gate = threading.Event()
-        self.batch_sizes: list[int] = []
+        self.batches: list[list[int]] = []
+        self.poison = poison
 
-    def predict_batch(self, sources, *args, **kwargs):
-        self.batch_sizes.append(len(sources))
+    def probabilities(self, waves, batch_size=16):
+        self.batches.append([len(w) for w in waves])
         assert self.gate.wait(30), "test never opened the gate"
-        return super().predict_batch(sources, *args, **kwargs)
+        if self.poison in self.batches[-1]:
+            raise RuntimeError("poisoned clip")
+        return super().probabilities(waves, batch_size)
+
+
+async def post_all(app, uploads: list[tuple[str, bytes]], wait_for) -> list[httpx.Response]:
+    """Send the first upload, wait until its forward is running (gated), send the rest, wait
+    until `wait_for(batcher)` holds, then let the model run: every later upload queued while
+    the first one ran. Returns the responses in upload order."""
+    transport = httpx.ASGITransport(app=app)
+    batcher, gated = app.state.batcher, app.state.batcher.clf
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+
+        async def classify(name: str, data: bytes) -> httpx.Response:
+            return await http.post("/v1/classify", files={"file": (name, data, "audio/wav")})
+
+        first = asyncio.create_task(classify(*uploads[0]))
+        await async_wait_until(lambda: gated.batches, "the first forward")
+        rest = [asyncio.create_task(classify(*upload)) for upload in uploads[1:]]
+        await async_wait_until(lambda: wait_for(batcher), "the requests to queue")
+        gated.gate.set()
+        return [await first] + [await task for task in rest]
 
 
 def test_inference_runs_off_the_event_loop_and_concurrent_requests_share_a_batch(clf):
@@ -300,31 +351,244 @@ def test_inference_runs_off_the_event_loop_and_concurrent_requests_share_a_batch
     app = create_app(gated)
     clips = {label: wav_bytes(burst(freq, 1.0, RATE, seed=9)) for label, freq in TONES.items()}
 
-    async def scenario() -> tuple[list[dict], int]:
+    async def scenario() -> tuple[list[httpx.Response], int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-
-            async def classify(label: str) -> dict:
-                files = {"file": (f"{label}.wav", clips[label], "audio/wav")}
-                response = await http.post("/v1/classify", files=files)
-                return response.json()
-
-            first = asyncio.create_task(classify("low"))
-            while not gated.batch_sizes:  # the first request is now inside the model
-                await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            waiting = asyncio.create_task(
+                post_all(
+                    app,
+                    [(f"{label}.wav", clips[label]) for label in ("low", "mid", "high", "low")],
+                    lambda batcher: len(batcher.pending) == 4,
+                )
+            )
+            await async_wait_until(lambda: gated.batches, "the first forward")
             # The loop is free while the model works: health answers at once.
-            health = await asyncio.wait_for(http.get("/health"), 5)
-            rest = [asyncio.create_task(classify(label)) for label in ("mid", "high", "low")]
-            await asyncio.sleep(0.3)  # let them queue behind the running batch
-            gated.gate.set()
-            return [await first] + [await task for task in rest], health.status_code
+            health = await asyncio.wait_for(http.get("/health"), 10)
+            return await waiting, health.status_code
 
-    answers, health_status = asyncio.run(scenario())
+    responses, health_status = asyncio.run(scenario())
     assert health_status == 200
-    assert gated.batch_sizes == [1, 3]  # the three waiting requests ran as one batch
+    # The three requests that waited ran as one forward.
+    assert [len(batch) for batch in gated.batches] == [1, 3]
+    answers = [r.json() for r in responses]
     assert [a["source"] for a in answers] == ["low.wav", "mid.wav", "high.wav", "low.wav"]
     for answer in answers:  # batching changed no answer
         same_as_classifier(answer, clf.predict(clips[answer["source"][:-4]]))
+
+
+def test_one_bad_clip_fails_only_its_own_request_in_a_batch(clf, caplog):
+    """Four good clips batched with one the model fails on: four answers and one JSON 500
+    naming the bad clip (its traceback in the server's log, not in the answer)."""
+    good = {f"{k}.wav": wav_bytes(burst(freq, 1.0, RATE, seed=3)) for k, freq in TONES.items()}
+    good["low2.wav"] = wav_bytes(burst(TONES["low"], 1.1, RATE, seed=4))
+    bad = wav_bytes(burst(TONES["mid"], 0.7, RATE))
+    app = create_app(GatedClassifier(clf, poison=int(0.7 * RATE)))
+    uploads = [("first.wav", good["low.wav"]), *good.items()]
+    uploads.insert(3, ("bad.wav", bad))
+    responses = asyncio.run(post_all(app, uploads, lambda batcher: len(batcher.pending) == 6))
+
+    by_name = dict(zip([name for name, _ in uploads], responses, strict=True))
+    failed = by_name.pop("bad.wav")
+    assert failed.status_code == 500
+    assert failed.json() == {
+        "detail": "bad.wav: the model failed on this clip (the server's log has the details)"
+    }
+    assert "poisoned clip" in caplog.text and "bad.wav" in caplog.text
+    for name, response in by_name.items():
+        assert response.status_code == 200, response.text
+        data = good["low.wav"] if name == "first.wav" else good[name]
+        same_as_classifier(response.json(), clf.predict(data))
+    batches = app.state.batcher.clf.batches
+    assert [len(batch) for batch in batches[:2]] == [1, 5]  # the failed forward held all five
+    assert sorted(len(b) for b in batches[2:]) == [1] * 5  # then each clip alone
+
+
+def test_a_long_clip_delays_a_short_one_by_one_window_at_most(clf):
+    """A clip of many windows is scored one window per forward, and a short clip that arrives
+    meanwhile goes into the next forward instead of waiting for the whole long clip."""
+    gated = GatedClassifier(clf)
+    app = create_app(gated)
+    long_clip = wav_bytes(burst(TONES["low"], 6 * clf.max_seconds, RATE))
+    short_clip = wav_bytes(burst(TONES["high"], 0.5 * clf.max_seconds, RATE))
+    long_answer, short_answer = asyncio.run(
+        post_all(
+            app,
+            [("long.wav", long_clip), ("short.wav", short_clip)],
+            lambda batcher: len(batcher.pending) == 2,
+        )
+    )
+    window = int(clf.max_seconds * RATE)
+    short_length = len(clf.load_wave(short_clip))
+    assert gated.batches[:2] == [[window], [short_length]]
+    assert all(batch == [window] for batch in gated.batches[2:])
+    assert len(gated.batches) == 1 + len(long_answer.json()["windows"])
+    same_as_classifier(short_answer.json(), clf.predict(short_clip))
+    same_as_classifier(long_answer.json(), clf.predict(long_clip))
+
+
+def flac_claiming(data: bytes, frames: int) -> bytes:
+    """A FLAC whose STREAMINFO header claims `frames` frames (36-bit field at byte 18)."""
+    field = int.from_bytes(data[18:26], "big")
+    field = (field & ~((1 << 36) - 1)) | frames
+    return data[:18] + field.to_bytes(8, "big") + data[26:]
+
+
+def silent_flac(seconds: float, rate: int, channels: int = 1) -> bytes:
+    return wav_bytes(np.zeros((int(seconds * rate), channels), np.int16), rate, fmt="FLAC")
+
+
+def wav_claiming_rate(rate: int) -> bytes:
+    """A real 1 s WAV at 8 kHz whose header says `rate` Hz (bytes 24-31: rate, bytes/s)."""
+    data = bytearray(wav_bytes(burst(500, 1.0, RATE)))
+    data[24:28] = rate.to_bytes(4, "little")
+    data[28:32] = (2 * rate).to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def limited(clf) -> TestClient:
+    """A server accepting at most 5 s and 16 kHz per upload."""
+    with local(create_app(clf, max_audio_seconds=5, max_sample_rate=16000)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("1hz.wav", wav_claiming_rate(1), "sample rate 1 Hz is outside the accepted 4000-16000 Hz"),
+        ("2ghz.wav", wav_claiming_rate(2_000_000_000), "outside the accepted 4000-16000 Hz"),
+        ("384k.flac", silent_flac(0.5, 384_000, 2), "384000 Hz is outside the accepted"),
+        ("hours.flac", silent_flac(3 * 3600, 4000), "10800.0 s long, over the 5 s limit"),
+        ("claims.flac", flac_claiming(silent_flac(1, RATE), 2**36 - 1), "over the 5 s limit"),
+        ("3ch.wav", wav_bytes(np.zeros((800, 3), np.float32)), "3 channels, over the 2 accepted"),
+    ],
+)
+def test_audio_outside_the_limits_is_422_naming_the_file_and_the_limit(
+    limited, name, data, reason
+):
+    assert len(data) < 300_000  # all small uploads, far under --max-upload-mb
+    response = limited.post("/v1/classify", **upload(name, data))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(f"{name}: ") and reason in detail
+    if "limit" in reason:
+        assert "--max-audio-seconds" in detail  # the server's option, not the CLI's
+
+
+def test_a_flac_lying_short_is_decoded_only_as_far_as_it_claims(limited):
+    """The header says 1 s; the stream holds 20 s: the decoder stops at the claimed length, so
+    a short claim cannot slip long audio past the duration limit."""
+    lying = flac_claiming(silent_flac(20, RATE), RATE)
+    response = limited.post("/v1/classify", **upload("liar.flac", lying))
+    assert response.status_code == 200 and response.json()["duration"] == 1.0
+
+
+def test_audio_within_the_limits_is_classified(limited, clf):
+    longest = silent_flac(5, 16000, 2)  # at every limit: duration, rate, channels
+    answer = limited.post("/v1/classify", **upload("edge.flac", longest))
+    assert answer.status_code == 200 and answer.json()["duration"] == pytest.approx(5.0)
+    same_as_classifier(answer.json(), clf.predict(longest))
+    assert limited.get("/v1/model").json()["max_audio_seconds"] == 5
+
+
+def test_decoding_runs_off_the_event_loop(clf, monkeypatch):
+    """While an upload is being decoded, the server still answers."""
+    import voxclass.serve
+
+    gate, entered = threading.Event(), threading.Event()
+    real_load = voxclass.serve.load_audio
+
+    def gated_load(*args):
+        entered.set()
+        assert gate.wait(30), "test never opened the gate"
+        return real_load(*args)
+
+    monkeypatch.setattr(voxclass.serve, "load_audio", gated_load)
+    app = create_app(clf)
+    clip = wav_bytes(burst(TONES["mid"], 1.0, RATE))
+
+    async def scenario() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            files = {"file": ("m.wav", clip, "audio/wav")}
+            decoding = asyncio.create_task(http.post("/v1/classify", files=files))
+            await async_wait_until(entered.is_set, "the decoder")
+            health = await asyncio.wait_for(http.get("/health"), 10)
+            gate.set()
+            return health.status_code, (await decoding).status_code
+
+    assert asyncio.run(scenario()) == (200, 200)
+
+
+def test_every_error_is_json_with_a_one_line_detail_even_a_crash(clf):
+    app = create_app(clf)
+
+    @app.get("/crash")
+    async def crash() -> None:
+        raise RuntimeError("internal secret: /srv/models/x")
+
+    client = local(app, raise_server_exceptions=False)
+    response = client.get("/crash")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error (the server's log has the details)"}
+    assert client.get("/nowhere").json() == {"detail": "Not Found"}
+    assert client.post("/health").status_code == 405 and "detail" in client.post("/health").json()
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("localhost:8000", 200),
+        ("127.0.0.1", 200),
+        ("[::1]:8000", 200),
+        ("rebound.attacker.example", 400),
+        ("127.0.0.1.nip.io", 400),
+        ("", 400),
+    ],
+)
+def test_only_allowed_host_headers_are_answered(clf, host, status):
+    client = local(create_app(clf))
+    for path in ("/health", "/v1/model", "/"):
+        response = client.get(path, headers={"host": host})
+        assert response.status_code == status, (path, response.text)
+    if status == 400:
+        detail = response.json()["detail"]
+        assert repr(host) in detail and "--allowed-hosts" in detail
+
+
+def test_allowed_hosts_can_name_the_host_or_allow_any(clf):
+    named = local(create_app(clf, allowed_hosts=["voice.example.org"]))
+    assert named.get("/health", headers={"host": "voice.example.org"}).status_code == 200
+    assert named.get("/health", headers={"host": "localhost"}).status_code == 400
+    anything = local(create_app(clf, allowed_hosts=["*"]))
+    assert anything.get("/health", headers={"host": "whatever.example"}).status_code == 200
+    with pytest.raises(ConfigError, match="--allowed-hosts"):
+        create_app(clf, allowed_hosts=["bad*.pattern"])
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_an_empty_token_is_refused_not_taken_as_no_auth(clf, token):
+    with pytest.raises(ConfigError, match="--token is empty"):
+        create_app(clf, token=token)
+
+
+def test_docs_work_offline_with_their_assets_served_here(client):
+    import re
+
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "http://" not in docs.text and "https://" not in docs.text and "//cdn" not in docs.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    kinds = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+    assert sorted(Path(a).suffix for a in assets) == [".css", ".js", ".png"]
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200 and kinds[Path(asset).suffix] in response.headers[
+            "content-type"
+        ], asset
+    bundle = client.get(next(a for a in assets if a.endswith(".js"))).text
+    assert "SwaggerUIBundle" in bundle and len(bundle) > 500_000  # the real Swagger UI
+    assert '"validatorUrl": null' in docs.text  # its badge would call a web service
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -344,13 +608,13 @@ def test_cli_serve_loads_the_model_and_binds_loopback_by_default(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model)[0] == 0
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8000
-    served = TestClient(calls[0]["app"])
+    served = local(calls[0]["app"])
     assert served.get("/v1/model").json()["labels"] == sorted(TONES)
 
     options = ["--host", "0.0.0.0", "--port", "9001", "--token", "t", "--max-upload-mb", "0.01"]
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options)[0] == 0
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9001
-    guarded = TestClient(calls[1]["app"])
+    guarded = local(calls[1]["app"])
     assert guarded.get("/v1/model").status_code == 401
     big = {"Authorization": "Bearer t", "Content-Length": "20000"}
     assert guarded.post("/v1/classify", headers=big, content=b"0" * 20000).status_code == 413
@@ -362,19 +626,73 @@ def test_cli_serve_with_a_bad_model_dir_is_one_line_and_exit_2(tmp_path, monkeyp
     assert err.strip().count("\n") == 0
 
 
+def test_cli_serve_passes_the_limits_and_allowed_hosts(trained_tone_model, monkeypatch, capsys):
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    options = ["--max-audio-seconds", "2", "--max-sample-rate", "8000"]
+    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options)
+    assert code == 0 and err == ""  # loopback: no warning
+    served = local(calls[0]["app"])
+    info = served.get("/v1/model").json()
+    assert (info["max_audio_seconds"], info["max_sample_rate"]) == (2, 8000)
+    too_long = served.post("/v1/classify", **upload("l.wav", wav_bytes(burst(500, 3.0, RATE))))
+    assert too_long.status_code == 422 and "over the 2 s limit" in too_long.json()["detail"]
+
+    # A bind on one address is answered under that name too; --allowed-hosts replaces the list.
+    assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, "--host", "10.1.2.3")[0] == 0
+    bound = local(calls[1]["app"])
+    assert bound.get("/health", headers={"host": "10.1.2.3:8000"}).status_code == 200
+    assert bound.get("/health", headers={"host": "10.9.9.9:8000"}).status_code == 400
+    named = ["--allowed-hosts", "voice.example.org, 10.9.9.9"]
+    assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *named)[0] == 0
+    renamed = local(calls[2]["app"])
+    assert renamed.get("/health", headers={"host": "10.9.9.9"}).status_code == 200
+    assert renamed.get("/health", headers={"host": "localhost"}).status_code == 400
+
+
+def test_cli_serve_warns_loudly_when_exposed_without_a_token(
+    trained_tone_model, monkeypatch, capsys
+):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, "--host", "0.0.0.0")
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: serving on 0.0.0.0 without --token")
+    assert "--allowed-hosts" in lines[1]
+    options = ["--host", "0.0.0.0", "--token", "t", "--allowed-hosts", "box.lan"]
+    assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options) == (0, "")
+
+
+def test_cli_serve_refuses_an_empty_token_in_one_line(trained_tone_model, monkeypatch, capsys):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("served without a token"))
+    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, "--token", "")
+    assert code == 2 and err.startswith("error: --token is empty") and err.count("\n") == 1
+    monkeypatch.setenv("VOXCLASS_TOKEN", "")
+    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model)
+    assert code == 2 and "VOXCLASS_TOKEN" in err
+
+
 # ---------------------------------------------------------------------------- real browser
 
 
 class ListeningClassifier(Classifier):
-    """The real tone classifier, keeping every wave the server decoded for it."""
+    """The real tone classifier, keeping every wave the server decoded for it (the server cuts
+    each wave into the model's windows first)."""
 
     def __init__(self, clf: Classifier):
         super().__init__(clf.model, clf.extractor)
         self.heard: list[np.ndarray] = []
 
-    def predict_batch(self, sources, *args, **kwargs):
-        self.heard.extend(sources)
-        return super().predict_batch(sources, *args, **kwargs)
+    def windows_of(self, wave, window, hop):
+        self.heard.append(wave)
+        return super().windows_of(wave, window, hop)
 
 
 @pytest.fixture
@@ -393,10 +711,8 @@ def live_server(served):
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+    assert server.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{config.port}"
     server.should_exit = True
     thread.join(10)
@@ -493,18 +809,25 @@ def test_page_records_from_the_microphone_and_shows_the_models_answer(
     wait.until(lambda d: "labels" in d.find_element(By.ID, "model-info").text)
     record = chromium.find_element(By.ID, "record")
     record.click()
-    wait.until(lambda d: "Recording" in d.find_element(By.ID, "status").text)
-    time.sleep(1.5)
+
+    def recorded_seconds(driver) -> float:  # what the page says it has recorded so far
+        status = driver.find_element(By.ID, "status").text
+        match = re.fullmatch(r"Recording… ([0-9.]+) s, press again to stop\.", status)
+        return float(match.group(1)) if match else 0.0
+
+    wait.until(lambda d: recorded_seconds(d) >= 1.2)
     record.click()  # stop: the page decodes the recording, sends it as WAV, shows the answer
     wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
     assert not chromium.find_element(By.ID, "error").is_displayed()
     assert record.text == "Record from microphone"
     assert chromium.find_element(By.ID, "source").text == "recording"
 
-    # The server heard the microphone: about 1.5 s, loudest at the fake device's tone.
+    # The server heard the microphone: what the page recorded, loudest at the device's tone.
+    recorded = chromium.execute_script("return state.recordedSeconds")
+    assert recorded >= 1.2
     (wave,) = served.heard
     seconds = len(wave) / served.sampling_rate
-    assert 1.0 <= seconds <= 3.0
+    assert 0.6 <= seconds <= recorded + 0.5  # no more than was recorded (plus codec padding)
     assert f"Classified {seconds:.2f} s of audio." == chromium.find_element(By.ID, "status").text
     spectrum = np.abs(np.fft.rfft(wave))
     peak = np.fft.rfftfreq(len(wave), 1 / served.sampling_rate)[spectrum.argmax()]

@@ -33,6 +33,11 @@ class AudioError(ValueError):
         self.reason = reason
 
 
+class AudioLimitError(AudioError):
+    """Readable audio outside `AudioLimits` (rate, channels or duration): the file is fine, the
+    limits refuse it (the server answers 422 here, 415 for a file it cannot read)."""
+
+
 def describe_source(source: AudioSource) -> str:
     """A human name for an audio source, used in error messages."""
     if isinstance(source, dict):
@@ -106,19 +111,20 @@ its length at the model's rate), never what a header claims."""
 
 
 def check_format(name: str, rate: float, channels: int, frames: float, limits: AudioLimits) -> None:
-    """AudioError naming the file when a rate, channel count or duration is outside `limits`."""
+    """AudioLimitError naming the file when a rate, channel count or duration is outside
+    `limits`."""
     if not limits.min_rate <= rate <= limits.max_rate:
-        raise AudioError(
+        raise AudioLimitError(
             name,
             f"sample rate {rate:g} Hz is outside the accepted {limits.min_rate}-"
             f"{limits.max_rate} Hz; resample it (e.g. `sox IN -r 16000 OUT.wav`)",
         )
     if channels > limits.max_channels:
-        raise AudioError(
+        raise AudioLimitError(
             name, f"{channels} channels, over the {limits.max_channels} accepted; mix it down"
         )
     if limits.max_seconds is not None and frames > limits.max_seconds * rate:
-        raise AudioError(
+        raise AudioLimitError(
             name,
             f"{frames / rate:.1f} s long, over the {limits.max_seconds:g} s limit "
             f"(split the recording, or raise {limits.option})",

@@ -201,16 +201,7 @@ class Classifier:
         for name, wave, clip_spans in zip(names, waves, spans, strict=True):
             clip_probs = probs[row : row + len(clip_spans)]
             row += len(clip_spans)
-            labels, scores = self._top(clip_probs.mean(axis=0), top_k)
-            timeline = None
-            if len(clip_spans) > 1:
-                timeline = [
-                    Window(a / self.sampling_rate, b / self.sampling_rate, *self._top(p, top_k))
-                    for (a, b), p in zip(clip_spans, clip_probs, strict=True)
-                ]
-            results.append(
-                Prediction(name, labels, scores, len(wave) / self.sampling_rate, timeline)
-            )
+            results.append(self.prediction_of(name, wave, clip_spans, clip_probs, top_k))
         return results
 
     def predict_batch(
@@ -233,6 +224,25 @@ class Classifier:
             "<array>" if isinstance(s, np.ndarray) else describe_source(s) for s in sources
         ]
         return self.predict_waves(waves, names, top_k, batch_size, window, hop)
+
+    def prediction_of(
+        self,
+        name: str,
+        wave: np.ndarray,
+        spans: list[tuple[int, int]],
+        probs: np.ndarray,
+        top_k: int,
+    ) -> Prediction:
+        """The Prediction for one wave from the probabilities of its `spans` (`windows_of`),
+        one row per span: their mean, and the timeline when there is more than one."""
+        labels, scores = self._top(probs.mean(axis=0), top_k)
+        timeline = None
+        if len(spans) > 1:
+            timeline = [
+                Window(a / self.sampling_rate, b / self.sampling_rate, *self._top(p, top_k))
+                for (a, b), p in zip(spans, probs, strict=True)
+            ]
+        return Prediction(name, labels, scores, len(wave) / self.sampling_rate, timeline)
 
     def predict(
         self,

@@ -5,6 +5,7 @@ User errors (AudioError, DataError, ModelError) become one line on stderr and ex
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -456,11 +457,35 @@ def serve(
     token: str = typer.Option(
         None, envvar="VOXCLASS_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /v1/."
     ),
+    max_audio_seconds: float = typer.Option(
+        None,
+        help="Longest accepted upload in seconds, checked from its header (422 above). "
+        "Default: 10 of the model's windows, at least 60.",
+    ),
+    max_sample_rate: int = typer.Option(
+        48000, help="Highest accepted upload sample rate in Hz (422 above)."
+    ),
+    allowed_hosts: str = typer.Option(
+        None,
+        help="Comma-separated Host header values answered (400 otherwise; '*' for any). "
+        "Default: localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0.",
+    ),
 ) -> None:
     """HTTP API (/v1/classify, /v1/model, /health, /docs) and a web page at / to try the model."""
     from .serve import serve as run_server
 
-    run_server(model, host=host, port=port, max_upload_mb=max_upload_mb, token=token)
+    if token is None:  # click reads an empty VOXCLASS_TOKEN as unset; it must not mean no auth
+        token = os.environ.get("VOXCLASS_TOKEN")
+    run_server(
+        model,
+        host=host,
+        port=port,
+        max_upload_mb=max_upload_mb,
+        token=token,
+        max_audio_seconds=max_audio_seconds,
+        max_sample_rate=max_sample_rate,
+        allowed_hosts=None if allowed_hosts is None else allowed_hosts.replace(" ", "").split(","),
+    )
 
 
 def main() -> None:

@@ -1,19 +1,26 @@
 """`voxclass serve`: an HTTP API and a web page over one loaded `Classifier`.
 
 Routes: `GET /` (the page in `static/`), `GET /health`, `GET /v1/model`, `POST /v1/classify`,
-OpenAPI docs at `/docs`. Every error is JSON `{"detail": "<what went wrong and what to do>"}`:
-401 missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 bad
-form fields.
+OpenAPI docs at `/docs` (Swagger UI served from the fastapi-offline package: no CDN). Every
+error is JSON `{"detail": "<what went wrong and what to do>"}`: 400 a Host header not allowed,
+401 missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 audio
+outside the server's limits or bad form fields, 500 a failure of the server (logged there).
 
-Inference runs off the event loop, and the clips of concurrent requests share one forward pass
-(`Batcher`), so the server keeps answering while the model works.
+Each upload is checked against the server's `AudioLimits` from its header before any sample is
+decoded, then decoded in a small pool of threads (never on the event loop, never more than
+`DECODE_THREADS` at once). Inference runs off the event loop too, and the clips of concurrent
+requests share one forward pass (`Batcher`), so the server keeps answering while the model works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import secrets
-from dataclasses import dataclass, replace
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +29,60 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .audio import AudioError
+from .audio import AudioError, AudioLimitError, AudioLimits, load_audio
 from .classifier import Classifier, Prediction
+from .config import ConfigError
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SAMPLE_RATE = 48_000
+"""Highest upload rate accepted unless `--max-sample-rate` says otherwise: what browsers and
+phones record at. Models listen at 8-16 kHz, so higher rates only cost decoding time."""
+MAX_CHANNELS = 2
+"""Most channels accepted in an upload: decoding cost grows with channels, and a classifier
+hears them mixed to mono anyway."""
+DECODE_THREADS = 2
+"""Uploads decoded at once; more wait their turn, so no number of clients can take every core
+from the model."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""Host header values accepted by default: this machine's own names."""
+
+
+def default_max_audio_seconds(model_max_seconds: float) -> float:
+    """Longest upload accepted unless `--max-audio-seconds` says otherwise: ten of the model's
+    windows, and at least a minute. Cost grows with duration (decoding, and one forward per
+    window), and a silent FLAC of any length fits in a few kilobytes, so the upload size alone
+    bounds nothing."""
+    return max(60.0, 10 * model_max_seconds)
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The loopback names, plus the address the server binds when it is one address (not all
+    of them: 0.0.0.0 or ::)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if host not in ("0.0.0.0", "::", ""):
+        name = f"[{host}]" if ":" in host else host
+        if name not in hosts:
+            hosts.append(name)
+    return hosts
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -45,6 +97,10 @@ class ModelInfo:
     """Longest clip classified in one piece; longer audio gets a window timeline."""
     backend: str
     """`torch` or `onnx` (an exported model directory)."""
+    max_audio_seconds: float
+    """Longest upload this server accepts (422 above)."""
+    max_sample_rate: int
+    """Highest upload sample rate this server accepts (422 above)."""
 
 
 @dataclass
@@ -55,62 +111,93 @@ class Health:
     """`ok` once the model is loaded."""
 
 
-class Batcher:
-    """Runs the clips of concurrent requests through the model together.
+@dataclass(eq=False)
+class Clip:
+    """One request's wave in the `Batcher`: its windows are scored one forward at a time."""
 
-    On a CPU a forward pass on eight short clips costs little more than on one (tiny preset, 1 s
-    clips, one thread: 3.2 ms for one, 5.6 ms for eight), so under load a request waits about
-    one batched forward instead of queueing behind every other request. Requests
-    that arrive while a batch runs form the next batch; nothing waits on a timer. One batch runs
-    at a time: torch already spreads a forward over all cores.
+    name: str
+    wave: np.ndarray
+    spans: list[tuple[int, int]]
+    """The model's windows over `wave` (`Classifier.windows_of`); one for a short clip."""
+    top_k: int
+    future: asyncio.Future
+    probs: np.ndarray
+    """One row of probabilities per span, filled as they are scored."""
+    done: int = field(default=0)
+    """Spans scored so far."""
+
+
+class Batcher:
+    """Scores the clips of concurrent requests together; each request gets its own answer or
+    its own error.
+
+    Clips that fit in one model window go first, up to `max_batch` of them in one forward: on a
+    CPU a forward on eight short clips costs little more than on one. A longer clip is scored
+    one window per forward in between (long windows gain little from batching), so a long
+    upload delays a short request by one window's forward at most, never by the whole clip.
+    Requests that arrive while a forward runs join the next one; nothing waits on a timer. One
+    forward runs at a time: torch already spreads it over all cores. A forward that fails is
+    retried piece by piece, so one bad clip fails only its own request.
     """
 
     def __init__(self, clf: Classifier, max_batch: int = 16):
         self.clf = clf
         self.max_batch = max_batch
-        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.pending: list[Clip] = []
+        """Clips accepted and not yet answered, in arrival order."""
         self.worker: asyncio.Task | None = None
 
-    async def predict(self, wave: np.ndarray) -> Prediction:
-        """All labels for one wave (already at the model's rate), best first."""
+    async def predict(self, wave: np.ndarray, name: str, top_k: int) -> Prediction:
+        """The top `top_k` labels of one wave (already at the model's rate), best first, with
+        the window timeline when it is longer than the model's window."""
+        spans = self.clf.windows_of(wave, None, None)
+        probs = np.zeros((len(spans), len(self.clf.labels)), np.float32)
         future = asyncio.get_running_loop().create_future()
-        self.pending.append((wave, future))
+        self.pending.append(Clip(name, wave, spans, top_k, future, probs))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
         return await future
 
+    def _next_batch(self) -> list[tuple[Clip, tuple[int, int]]]:
+        """(clip, span) pairs for the next forward: waiting short clips, else the next window of
+        the long clip with the fewest windows left."""
+        # A client that hung up cancelled its future: its clip costs nothing more.
+        self.pending = [clip for clip in self.pending if not clip.future.done()]
+        short = [clip for clip in self.pending if len(clip.spans) == 1]
+        if short:
+            return [(clip, clip.spans[0]) for clip in short[: self.max_batch]]
+        if not self.pending:
+            return []
+        clip = min(self.pending, key=lambda c: len(c.spans) - c.done)
+        return [(clip, clip.spans[clip.done])]
+
+    def _score(self, pieces: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """Probabilities of each piece, or the exception that this piece alone raises."""
+        try:
+            return list(self.clf.probabilities(pieces, batch_size=len(pieces)))
+        except Exception as err:
+            if len(pieces) == 1:
+                return [err]
+        return [self._score([piece])[0] for piece in pieces]
+
     async def _drain(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
-            try:
-                results = await run_in_threadpool(
-                    self.clf.predict_batch,
-                    [wave for wave, _ in batch],
-                    self.clf.sampling_rate,
-                    len(self.clf.labels),
-                )
-            except Exception as err:  # reaches every waiting request as its own error
-                for _, future in batch:
-                    if not future.done():  # a client that hung up cancels its future
-                        future.set_exception(err)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-
-
-def top_k_of(prediction: Prediction, k: int, source: str) -> Prediction:
-    """The first `k` labels of a prediction (and of each window), renamed to `source`."""
-    windows = None
-    if prediction.windows is not None:
-        windows = [replace(w, labels=w.labels[:k], scores=w.scores[:k]) for w in prediction.windows]
-    return replace(
-        prediction,
-        source=source,
-        labels=prediction.labels[:k],
-        scores=prediction.scores[:k],
-        windows=windows,
-    )
+        while batch := self._next_batch():
+            pieces = [clip.wave[a:b] for clip, (a, b) in batch]
+            rows = await run_in_threadpool(self._score, pieces)
+            for (clip, _), row in zip(batch, rows, strict=True):
+                if clip.future.done():  # hung up while its forward ran
+                    continue
+                if isinstance(row, Exception):
+                    clip.future.set_exception(row)
+                    continue
+                clip.probs[clip.done] = row
+                clip.done += 1
+                if clip.done == len(clip.spans):
+                    clip.future.set_result(
+                        self.clf.prediction_of(
+                            clip.name, clip.wave, clip.spans, clip.probs, clip.top_k
+                        )
+                    )
 
 
 class BearerToken:
@@ -170,28 +257,99 @@ class UploadLimit:
         await self.app(scope, counted, send)
 
 
+class AllowedHosts:
+    """400 for a request whose Host header names no allowed host, as starlette's
+    TrustedHostMiddleware decides, answered in JSON like every other error. A web page on
+    another site that re-points its name at 127.0.0.1 (DNS rebinding) still sends its own name
+    as Host, so it cannot use a server on this machine."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]):
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def allowed(scope: Scope, receive: Receive, _: Send) -> None:
+            await self.app(scope, receive, send)
+
+        async def refuse(message: Message) -> None:  # swallows the plain-text refusal
+            nonlocal refused
+            refused = True
+
+        check = TrustedHostMiddleware(allowed, self.hosts, www_redirect=False)
+        await check(scope, receive, refuse)
+        if refused:
+            host = Headers(scope=scope).get("host", "")
+            detail = (
+                f"Host {host!r} is not one this server answers to ({', '.join(self.hosts)}): "
+                "start it with --allowed-hosts NAME,... naming the host clients connect to"
+            )
+            await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+
+
 def create_app(
-    model: str | Path | Classifier, max_upload_mb: float = 20.0, token: str | None = None
+    model: str | Path | Classifier,
+    max_upload_mb: float = 20.0,
+    token: str | None = None,
+    max_audio_seconds: float | None = None,
+    max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The app over one classifier, loaded here once (a trained or exported model dir).
 
     `max_upload_mb` bounds the whole request body (the file plus a little multipart framing).
-    `token`: when set, `/v1/` routes need `Authorization: Bearer <token>`.
+    `token`: when set, `/v1/` routes need `Authorization: Bearer <token>`; an empty token is a
+    ConfigError (it would mean no authentication). `max_audio_seconds` (default
+    `default_max_audio_seconds` of the model) and `max_sample_rate` bound each upload, checked
+    from its header before decoding. `allowed_hosts`: accepted Host header values (default the
+    loopback names; `*` accepts any).
     """
+    if token is not None and not token.strip():
+        raise ConfigError(
+            "--token is empty (is VOXCLASS_TOKEN set to nothing?): give a token, or leave it "
+            "out to serve without authentication"
+        )
+    if max_audio_seconds is not None and not max_audio_seconds > 0:
+        raise ConfigError(f"--max-audio-seconds must be positive, got {max_audio_seconds:g}")
+    if max_sample_rate < AudioLimits.min_rate:
+        raise ConfigError(
+            f"--max-sample-rate must be at least {AudioLimits.min_rate} Hz, got {max_sample_rate}"
+        )
+    hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else allowed_hosts
+    try:
+        TrustedHostMiddleware(None, hosts)  # type: ignore[arg-type]
+    except AssertionError as err:
+        raise ConfigError(f"--allowed-hosts {','.join(hosts)}: {err}") from None
     clf = model if isinstance(model, Classifier) else Classifier.load(model)
+    limits = AudioLimits(
+        max_seconds=max_audio_seconds or default_max_audio_seconds(clf.max_seconds),
+        max_rate=max_sample_rate,
+        max_channels=MAX_CHANNELS,
+        option="--max-audio-seconds",
+    )
     batcher = Batcher(clf)
-    app = FastAPI(
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="voxclass-decode")
+    app = FastAPIOffline(
         title="voxclass",
         version=__version__,
         description="Audio classification: upload a clip to `/v1/classify`. Web page at `/`.",
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # the validator badge calls a web service
     )
+    app.state.batcher = batcher
     too_large = (
         f"upload over the {max_upload_mb:g} MB limit: send a shorter clip, or start the server "
         "with a larger --max-upload-mb"
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1024 * 1024), detail=too_large)
-    if token:  # added last, so it runs first: no token, no upload read
+    if token:  # added after the upload limit, so it runs first: no token, no upload read
         app.add_middleware(BearerToken, token=token)
+    if "*" not in hosts:
+        app.add_middleware(AllowedHosts, hosts=hosts)  # runs first of all
 
     @app.exception_handler(RequestValidationError)
     async def bad_form(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -200,6 +358,14 @@ def create_app(
             for e in err.errors()
         ]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, err: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this answer; the client gets one line.
+        return JSONResponse(
+            {"detail": "internal server error (the server's log has the details)"},
+            status_code=500,
+        )
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -214,8 +380,15 @@ def create_app(
 
     @app.get("/v1/model")
     async def model_info() -> ModelInfo:
-        """What the loaded model answers and how it listens."""
-        return ModelInfo(clf.labels, clf.sampling_rate, clf.max_seconds, clf.backend)
+        """What the loaded model answers, how it listens, and what uploads are accepted."""
+        return ModelInfo(
+            clf.labels,
+            clf.sampling_rate,
+            clf.max_seconds,
+            clf.backend,
+            limits.max_seconds,
+            limits.max_rate,
+        )
 
     @app.post(
         "/v1/classify",
@@ -223,6 +396,11 @@ def create_app(
             401: {"description": "Missing or wrong bearer token"},
             413: {"description": "Upload over --max-upload-mb"},
             415: {"description": "The file is not audio the server can decode"},
+            422: {
+                "description": "Audio over --max-audio-seconds, outside the accepted sample "
+                "rates or channels (checked from its header), or bad form fields"
+            },
+            500: {"description": "The server failed on this clip (details in its log)"},
         },
     )
     async def classify(
@@ -234,11 +412,20 @@ def create_app(
         top-level scores are the mean over windows."""
         name = file.filename or "upload"
         data = await file.read()
+        loop = asyncio.get_running_loop()
         try:
-            wave = await run_in_threadpool(clf.load_wave, data)
+            wave = await loop.run_in_executor(decoder, load_audio, data, clf.sampling_rate, limits)
+        except AudioLimitError as err:
+            raise HTTPException(422, f"{name}: {err.reason}") from None
         except AudioError as err:
             raise HTTPException(415, f"{name}: {err.reason}") from None
-        return top_k_of(await batcher.predict(wave), top_k, name)
+        try:
+            return await batcher.predict(wave, name, top_k)
+        except Exception as err:
+            log.error("classifying %s failed", name, exc_info=err)
+            raise HTTPException(
+                500, f"{name}: the model failed on this clip (the server's log has the details)"
+            ) from None
 
     if token:  # show the scheme in /docs, so "Authorize" there sends the header
         schema = app.openapi()
@@ -252,14 +439,47 @@ def create_app(
     return app
 
 
+def exposure_warnings(host: str, token: str | None, allowed_hosts: list[str] | None) -> list[str]:
+    """What to tell the person starting a server that other machines can reach."""
+    if is_loopback(host):
+        return []
+    warnings = []
+    if not token:
+        warnings.append(
+            f"warning: serving on {host} without --token: anyone who can reach this machine "
+            "can use the API; set --token (or VOXCLASS_TOKEN)"
+        )
+    if allowed_hosts is None and host in ("0.0.0.0", "::"):
+        warnings.append(
+            f"warning: only requests addressed to {', '.join(LOOPBACK_HOSTS)} are answered; "
+            "name the host clients connect to with --allowed-hosts"
+        )
+    return warnings
+
+
 def serve(
     model: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: float = 20.0,
     token: str | None = None,
+    max_audio_seconds: float | None = None,
+    max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
+    allowed_hosts: list[str] | None = None,
 ) -> None:
-    """Load the model once and serve until interrupted."""
+    """Load the model once and serve until interrupted. `allowed_hosts` defaults to
+    `default_allowed_hosts(host)`; a bind other machines can reach without a token, or on all
+    addresses with only the loopback names allowed, is warned about on stderr."""
     import uvicorn
 
-    uvicorn.run(create_app(model, max_upload_mb, token), host=host, port=port)
+    app = create_app(
+        model,
+        max_upload_mb,
+        token,
+        max_audio_seconds,
+        max_sample_rate,
+        default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts,
+    )
+    for warning in exposure_warnings(host, token, allowed_hosts):
+        print(warning, file=sys.stderr)
+    uvicorn.run(app, host=host, port=port)

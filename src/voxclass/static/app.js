@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { samplingRate: 16000, recorder: null };
+// recordedSeconds: how long the last recording ran, from the recorder's start to the stop press.
+const state = { samplingRate: 16000, recorder: null, recordingStarted: 0, recordedSeconds: 0 };
 
 function token() {
   return $("token").value.trim();
@@ -187,6 +188,8 @@ function showResult(prediction, name) {
 async function toggleRecording() {
   const button = $("record");
   if (state.recorder) {
+    clearInterval(state.recordingTimer);
+    state.recordedSeconds = recordingSeconds();
     state.recorder.stop();
     return;
   }
@@ -216,11 +219,24 @@ async function toggleRecording() {
     button.classList.remove("recording");
     classify(new Blob(chunks, { type: recorder.mimeType }), "recording");
   };
+  recorder.onstart = () => {
+    state.recordingStarted = performance.now();
+    const show = () => {
+      $("status").textContent =
+        `Recording… ${recordingSeconds().toFixed(1)} s, press again to stop.`;
+    };
+    show();
+    state.recordingTimer = setInterval(show, 100);
+  };
   recorder.start();
   state.recorder = recorder;
   button.textContent = "Stop and classify";
   button.classList.add("recording");
   $("status").textContent = "Recording… press again to stop.";
+}
+
+function recordingSeconds() {
+  return state.recordingStarted ? (performance.now() - state.recordingStarted) / 1000 : 0;
 }
 
 // ---------------------------------------------------------------- wiring
