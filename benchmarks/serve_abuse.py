@@ -199,7 +199,7 @@ def main() -> None:
     deadline = time.monotonic() + args.deadline
 
     work = Path(tempfile.mkdtemp(prefix="voxclass-serve-abuse-"))
-    model_dir = args.model or fresh_model(work / "model")
+    model_dir = args.model or fresh_model("tiny", work / "model")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "server.log"
