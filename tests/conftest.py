@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,14 @@ def no_network(monkeypatch) -> list:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return attempts
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
+    from voxclass import cli
+
+    monkeypatch.setattr(sys, "argv", ["voxclass", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err

@@ -1,22 +1,9 @@
 """The command line: user errors are one line and exit code 2; `synth` and `inspect` end to end."""
 
 import json
-import sys
 
-import pytest
 import soundfile as sf
-from conftest import tone, write_tone_folder, write_tone_mix_manifest
-
-from voxclass import cli
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["voxclass", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
+from conftest import run_cli, tone, write_tone_folder, write_tone_mix_manifest
 
 
 def test_data_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

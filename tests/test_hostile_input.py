@@ -12,27 +12,17 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TONES, burst
-
-from voxclass import cli
+from conftest import TONES, burst, run_cli
 
 RATE = 8000
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The console-script entry point in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["voxclass", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
 
 
 def _wav_with_rate(path: Path, rate: int) -> None:

@@ -493,11 +493,14 @@ def main() -> None:
     (`error: ...`) and exit code 2; a command's own exit code (predict: 1) passes through."""
     from datasets.utils.logging import disable_progress_bar
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
+    from transformers.utils.logging import set_verbosity_error
 
-    # Our own progress bars speak; datasets' casting and transformers' weight-loading bars
-    # are noise (and would push an error off its one line).
+    # Our own progress bars and errors speak; datasets' casting and transformers'
+    # weight-loading bars and warnings (a model that does not fit its config is our one-line
+    # ModelError) are noise, and would push an error off its one line.
     disable_progress_bar()
     quiet_transformers()
+    set_verbosity_error()
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError as err:
