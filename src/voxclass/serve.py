@@ -20,7 +20,7 @@ import logging
 import secrets
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,7 @@ class Clip:
     future: asyncio.Future
     probs: np.ndarray
     """One row of probabilities per span, filled as they are scored."""
-    done: int = field(default=0)
+    done: int = 0
     """Spans scored so far."""
 
 
