@@ -7,7 +7,14 @@ import typing
 import pytest
 import yaml
 
-from voxclass.config import ConfigError, build_config, parse_overrides, save_config
+from voxclass.config import (
+    ConfigError,
+    build_config,
+    parse_overrides,
+    publish_folder,
+    save_config,
+    staging_folder,
+)
 from voxclass.train import TrainConfig
 
 
@@ -65,3 +72,20 @@ def test_unknown_options_and_bad_values_are_one_line_errors():
     )
     assert run.returncode == 2
     assert run.stderr.startswith("error: unknown option(s) epoch") and run.stderr.count("\n") == 1
+
+
+def test_publish_folder_replaces_an_output_whole_and_puts_it_back_when_the_swap_fails(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier")
+    new = staging_folder(out)
+    (new / "new.txt").write_text("new")
+    publish_folder(new, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folder left
+
+    missing = tmp_path / ".out.voxclass-new-gone"  # the rename of the new one fails
+    with pytest.raises(FileNotFoundError):
+        publish_folder(missing, out)
+    assert (out / "new.txt").read_text() == "new"  # the earlier output is back in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -23,7 +23,7 @@ from conftest import (
 )
 from transformers import pipeline
 
-from voxclass.config import ConfigError, build_config, parse_overrides
+from voxclass.config import ConfigError, build_config, parse_overrides, recover_interrupted_write
 from voxclass.model import ModelError, build_model
 from voxclass.train import (
     OUTPUT_MARKERS,
@@ -35,7 +35,6 @@ from voxclass.train import (
     loss_function,
     multi_label_loss,
     push,
-    recover_interrupted_write,
     resume_checkpoint,
     train,
     training_arguments,
@@ -553,7 +552,7 @@ def test_leftovers_of_a_killed_write_are_cleaned_and_a_moved_output_put_back(tmp
     live.mkdir()
     other = tmp_path / f".other.voxclass-new-{dead}"  # another output's
     other.mkdir()
-    recover_interrupted_write(TrainConfig(source="x", output=str(tmp_path / "model")))
+    recover_interrupted_write(tmp_path / "model")
     # killed between moving the earlier output aside and renaming the new one in: put back
     assert (tmp_path / "model" / "config.json").is_file() and not moved.exists()
     assert not half.exists() and live.is_dir() and other.is_dir()

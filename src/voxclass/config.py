@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -128,6 +130,65 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.replace(path)
+
+
+# While an output folder is written, its temp folders sit beside it: `.NAME.voxclass-new-PID`
+# (the new output) and `.NAME.voxclass-old-PID` (the earlier one, removed once the new one is
+# in place). Names carry the writer's PID so a later run can tell a dead writer's from a live one's.
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.voxclass-(?P<kind>new|old)-(?P<pid>\d+)")
+
+
+def staging_folder(out: Path) -> Path:
+    """An empty temp folder beside OUT to build a new output in; give it to `publish_folder`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.voxclass-new-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` (from `staging_folder`) at OUT, so no reader ever sees a
+    half-written output: modes as the umask asks, an earlier OUT moved aside first and removed
+    only once the new one is in place; a failure in between puts the earlier one back. The
+    caller has checked that OUT may be replaced."""
+    old = out.parent / f".{out.name}.voxclass-old-{os.getpid()}"
+    honour_umask(tmp)
+    try:
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_write(out: Path) -> None:
+    """Clean up after a writer of OUT killed mid-write: its half-written new output is
+    removed; an earlier output it had moved aside is put back if OUT is missing (killed
+    between the two renames), else removed. Temp folders of a live writer are left alone."""
+    if not out.parent.is_dir():
+        return
+    for path in sorted(out.parent.glob(f".{out.name}.voxclass-*")):
+        match = LEFTOVER.fullmatch(path.name)
+        if not match or match["name"] != out.name or _pid_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not out.exists():
+            path.rename(out)
+        else:
+            shutil.rmtree(path)
 
 
 def save_config(config: Any, path: Path) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import honour_umask
+from .config import publish_folder, recover_interrupted_write, staging_folder
 from .features import extract_one, pad_batch
 from .model import ModelError, labels_hint, load_trained, require_torch
 
@@ -178,6 +177,7 @@ def export(
 
     require_torch("exporting to ONNX")
     out = Path(out)
+    recover_interrupted_write(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ModelError(f"{out}: already exists and is not an empty folder; choose another --out")
     model, extractor = load_trained(model_dir)
@@ -185,8 +185,7 @@ def export(
     rate = reference.sampling_rate
     clips = clips or validation_clips(rate, reference.max_seconds)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_folder(out)
     try:
         example = pad_example(extractor, rate)
         _export_graph(model, example, tmp / ONNX_FILE)
@@ -206,10 +205,7 @@ def export(
                 f"fp32 / {min_agreement:.0%}); nothing written to {out}"
             )
         (tmp / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-        honour_umask(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        publish_folder(tmp, out)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

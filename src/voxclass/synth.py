@@ -43,7 +43,7 @@ import soxr
 import yaml
 from scipy.signal import butter, fftconvolve, sosfilt
 
-from .config import ConfigError
+from .config import ConfigError, publish_folder, recover_interrupted_write, staging_folder
 
 CHANNELS = ("telephone", "wideband", "room")
 SAMPLING_RATES = (8000, 16000)
@@ -435,15 +435,14 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
     check(config)
     phrases = load_phrases(config.phrases)
     out = Path(config.out)
+    recover_interrupted_write(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not _is_synth_output(out):
         raise ConfigError(
             f"{out}: exists and is not a `voxclass synth` output; give a new or empty folder"
         )
     espeak = Espeak()
     rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out)
     start = time.perf_counter()
     try:
         for row in rows:
@@ -469,13 +468,7 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        publish_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {

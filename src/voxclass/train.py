@@ -37,7 +37,13 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from .config import ConfigError, honour_umask, save_config
+from .config import (
+    ConfigError,
+    publish_folder,
+    recover_interrupted_write,
+    save_config,
+    staging_folder,
+)
 from .data import (
     AUDIO_STRUCT,
     DataConfig,
@@ -126,9 +132,6 @@ def work_dir(config: TrainConfig) -> Path:
 
 # Every voxclass output holds these: an existing folder without them is not voxclass's.
 OUTPUT_MARKERS = ("config.json", "metrics.json", "voxclass_config.yaml")
-# While OUTPUT is written, its temp folders sit beside it: `.NAME.voxclass-new-PID` (the new
-# output) and `.NAME.voxclass-old-PID` (the earlier one, removed once the new one is in place).
-LEFTOVER = re.compile(r"\.(?P<name>.+)\.voxclass-(?P<kind>new|old)-(?P<pid>\d+)")
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -175,33 +178,6 @@ def is_voxclass_work_dir(path: Path) -> bool:
     if any(e.name != "checkpoints" or not e.is_dir() for e in entries):
         return False
     return all(checkpoint_step(c) is not None for e in entries for c in e.iterdir())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_interrupted_write(config: TrainConfig) -> None:
-    """Clean up after a run killed while writing OUTPUT: its half-written new output is
-    removed; an earlier output it had moved aside is put back if OUTPUT is missing (killed
-    between the two renames), else removed. Temp folders of a live run are left alone."""
-    out = Path(config.output)
-    if not out.parent.is_dir():
-        return
-    for path in sorted(out.parent.glob(f".{out.name}.voxclass-*")):
-        match = LEFTOVER.fullmatch(path.name)
-        if not match or match["name"] != out.name or _pid_alive(int(match["pid"])):
-            continue
-        if match["kind"] == "old" and not out.exists():
-            path.rename(out)
-        else:
-            shutil.rmtree(path)
 
 
 def check_replaceable(config: TrainConfig) -> None:
@@ -548,7 +524,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     set_seed(config.seed)
     from_scratch = config.model in PRESETS
     if is_main_process():
-        recover_interrupted_write(config)
+        recover_interrupted_write(Path(config.output))
     check_output(config)
     checkpoint = resume_checkpoint(config) if config.resume else None
     dd = load_data(config)
@@ -681,23 +657,15 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
     first and removed only once the new one is in place."""
     out = Path(config.output)
     check_replaceable(config)
-    tmp = out.parent / f".{out.name}.voxclass-new-{os.getpid()}"
-    old = out.parent / f".{out.name}.voxclass-old-{os.getpid()}"
+    tmp = staging_folder(out)
     try:
         trainer.save_model(str(tmp))  # model + processing_class (the feature extractor)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         save_config(config, tmp / "voxclass_config.yaml")
         (tmp / "README.md").write_text(model_card(config, metrics))
-        honour_umask(tmp)  # safetensors writes 0600: a team could not read the model
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        if old.exists() and not out.exists():
-            old.rename(out)
+        publish_folder(tmp, out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
