@@ -55,13 +55,13 @@ from voxclass.features import (
     max_seconds_for,
     min_input_length,
 )
+from voxclass.metrics import trainer_metrics
 from voxclass.model import build_model
 from voxclass.synth import synthesize
 from voxclass.train import (
     TimeBudget,
     TrainConfig,
     VoxTrainer,
-    compute_metrics,
     train,
     training_arguments,
 )
@@ -155,7 +155,7 @@ def run_recipe(recipe: Recipe, run: TrainConfig, out: Path) -> dict:
         data_collator=collate,
         train_dataset=train_set,
         eval_dataset=test_set,
-        compute_metrics=compute_metrics,
+        compute_metrics=trainer_metrics,
         callbacks=[TimeBudget(run.time_budget_minutes)],
     )
     result = trainer.train()

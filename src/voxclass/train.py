@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict, Features, concatenate_datasets
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     EarlyStoppingCallback,
     PrinterCallback,
@@ -60,6 +59,7 @@ from .features import (
     max_seconds_for,
     min_input_length,
 )
+from .metrics import trainer_metrics
 from .model import ModelError, build_model
 from .noise import load_recordings
 from .presets import PRESETS
@@ -332,21 +332,6 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
     return concatenate_datasets([train_split, synthetic])
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred
-    if labels.ndim == 2:  # multi-label: threshold each sigmoid at 0.5
-        predicted = (logits > 0).astype(int)
-        return {
-            "accuracy": float((predicted == labels).all(axis=1).mean()),
-            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        }
-    predicted = logits.argmax(-1)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro")),
-    }
-
-
 def class_weighted_loss(train: Dataset, num_labels: int):
     """Cross-entropy weighted by inverse class frequency, as a Trainer `compute_loss_func`."""
     counts = np.bincount(np.asarray(train["label"]), minlength=num_labels).astype(np.float32)
@@ -588,7 +573,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=extractor,
-        compute_metrics=compute_metrics,
+        compute_metrics=trainer_metrics,
         compute_loss_func=compute_loss,
         callbacks=[*stops, *logs, *callbacks],
     )
