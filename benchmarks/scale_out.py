@@ -7,8 +7,10 @@ run. Prints clips/s, the ratios the engine promises, and whether every row agree
 Clips are real FSDD digit recordings strung together to `--seconds` each, written as 8 kHz WAV
 files to a temp folder; every engine decodes them from disk. Without --model a `tiny` preset
 with fixed random weights is used. The Ray instance is started once before the timed runs
-(cluster start-up is paid once per cluster, not per job); each timed run includes loading the
-model in every actor, decoding, classifying and writing the shards. Plain `predict` is timed
+(cluster start-up is paid once per cluster, not per job: its time is printed apart); each
+timed run includes loading the model in every actor, decoding, classifying and writing the
+shards. Each row also splits its time into start-up (model load for plain; for Ray, until as
+many shards as workers are written) and the steady clips/s after it. Plain `predict` is timed
 twice: with torch's default threads (all cores) and with one thread, the share one Ray
 worker gets (`OMP_NUM_THREADS=1` in each actor), which isolates the engine's own overhead.
 """
@@ -18,10 +20,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import soundfile as sf
 import torch
 
@@ -80,6 +84,25 @@ def agreement(reference: pd.DataFrame, out: Path) -> tuple[bool, float]:
     return same, diff
 
 
+def shard_times(out: Path, started: float, workers: int) -> tuple[float, float]:
+    """(seconds from the run's start to the `workers`-th shard, clips/s after it): start-up
+    (actors importing torch and loading the model, the first chunks) apart from the steady
+    rate, read off the shards' write times."""
+    shards = sorted((p.stat().st_mtime, pq.read_metadata(p).num_rows) for p in out.glob("part-*"))
+    first = shards[workers - 1][0]
+    later = sum(rows for _, rows in shards[workers:])
+    return first - started, later / (shards[-1][0] - first) if later else float("nan")
+
+
+@dataclass
+class Row:
+    seconds: float
+    startup: float
+    steady: float
+    """clips/s once started"""
+    check: str = ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model directory (default: tiny, random weights)")
@@ -99,50 +122,60 @@ def main() -> None:
         inputs = [str(root / "clips")]
         chunk = max(1, args.clips // 24)  # enough chunks to keep two workers busy to the end
 
-        def plain():
-            clf = Classifier.load(model)
-            return run(clf, expand_inputs(inputs), top_k=3, batch_size=args.batch_size)
+        def plain() -> tuple[Row, list]:
+            load_s, clf = timed(lambda: Classifier.load(model))
+            run_s, results = timed(
+                lambda: run(clf, expand_inputs(inputs), top_k=3, batch_size=args.batch_size)
+            )
+            return Row(load_s + run_s, load_s, args.clips / run_s), results
 
         threads = torch.get_num_threads()
-        plain_s, results = timed(plain)
+        rows: dict[str, Row] = {}
+        rows[f"plain predict ({threads} threads)"], results = plain()
         torch.set_num_threads(1)
-        plain1_s, _ = timed(plain)
+        rows["plain predict (1 thread)"], _ = plain()
         torch.set_num_threads(threads)
         reference = results_table(results).to_pandas().set_index("source").sort_index()
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        runs = {}
+        init_s, _ = timed(lambda: ray.init(num_cpus=2, include_dashboard=False,
+                                           log_to_driver=False))  # fmt: skip
         for workers in (1, 2):
             out = root / f"ray{workers}"
-            runs[workers] = timed(
+            started = time.time()
+            seconds, _ = timed(
                 lambda out=out, workers=workers: run_engine(
                     "ray", model, inputs, out, top_k=3, batch_size=args.batch_size,
                     chunk_size=chunk, workers=workers,
                 )  # fmt: skip
-            )[0], agreement(reference, out)
+            )
+            same, diff = agreement(reference, out)
+            name = f"ray, {workers} worker{'s' if workers > 1 else ''}"
+            check = f"{'yes' if same and diff < 1e-6 else 'NO'} ({diff:.1e})"
+            rows[name] = Row(seconds, *shard_times(out, started, workers), check)
         ray.shutdown()
 
-    rate = {
-        f"plain predict ({threads} threads)": args.clips / plain_s,
-        "plain predict (1 thread)": args.clips / plain1_s,
-        "ray, 1 worker": args.clips / runs[1][0],
-        "ray, 2 workers": args.clips / runs[2][0],
-    }
     print(f"{args.clips} clips of {args.seconds:g} s, chunks of {chunk}, batch {args.batch_size}")
-    print(f"{'engine':<28} {'clips/s':>8}  agrees with plain (max score diff)")
-    for name, value in rate.items():
-        check = ""
-        if name.startswith("ray"):
-            same, diff = runs[1 if "1 worker" in name else 2][1]
-            check = f"{'yes' if same and diff < 1e-6 else 'NO'} ({diff:.1e})"
-        print(f"{name:<28} {value:8.1f}  {check}")
-    scaling = rate["ray, 2 workers"] / rate["ray, 1 worker"]
-    overhead = rate["ray, 1 worker"] / rate["plain predict (1 thread)"]
-    versus_default = rate["ray, 1 worker"] / rate[f"plain predict ({threads} threads)"]
-    print(f"2 workers / 1 worker: {scaling:.2f}x (goal >= 1.7)")
-    print(f"ray 1 worker / plain 1 thread: {overhead:.2f} (goal >= 0.85)")
-    print(f"ray 1 worker / plain {threads} threads: {versus_default:.2f}")
-    print(f"per worker: {rate['ray, 2 workers'] / 2:.1f} clips/s")
+    print(f"ray.init (local, 2 CPUs; once per cluster, in no row below): {init_s:.1f} s")
+    print(f"{'engine':<28} {'clips/s':>8} {'start-up s':>10} {'steady clips/s':>14}  "
+          "agrees with plain (max score diff)")  # fmt: skip
+    for name, row in rows.items():
+        rate = args.clips / row.seconds
+        print(f"{name:<28} {rate:8.1f} {row.startup:10.1f} {row.steady:14.1f}  {row.check}")
+
+    def ratio(a: str, b: str, steady: bool = False) -> float:
+        if steady:
+            return rows[a].steady / rows[b].steady
+        return rows[b].seconds / rows[a].seconds
+
+    one, two, plain1 = "ray, 1 worker", "ray, 2 workers", "plain predict (1 thread)"
+    print(f"2 workers / 1 worker: {ratio(two, one):.2f}x end to end, "
+          f"{ratio(two, one, True):.2f}x steady (goal >= 1.7)")  # fmt: skip
+    print(f"ray 1 worker / plain 1 thread: {ratio(one, plain1):.2f} end to end, "
+          f"{ratio(one, plain1, True):.2f} steady (goal >= 0.85)")  # fmt: skip
+    print(f"ray 1 worker / plain {threads} threads: "
+          f"{ratio(one, f'plain predict ({threads} threads)'):.2f} end to end")  # fmt: skip
+    print(f"per worker: {args.clips / rows[two].seconds / 2:.1f} clips/s end to end, "
+          f"{rows[two].steady / 2:.1f} steady")  # fmt: skip
 
 
 if __name__ == "__main__":

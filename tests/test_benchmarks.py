@@ -118,10 +118,12 @@ def check_scale_out(output: str) -> None:
     }
     assert len(rows) == 4, output
     for name, cells in rows.items():
-        assert float(cells[0]) > 0, (name, output)
+        rate, startup, steady = map(float, cells[:3])
+        assert rate > 0 and steady > 0 and startup >= 0, (name, output)
         if name.startswith("ray"):
-            assert cells[1] == "yes", (name, output)  # every row as plain predict gives it
+            assert cells[3] == "yes", (name, output)  # every row as plain predict gives it
     assert "2 workers / 1 worker:" in output and "per worker:" in output
+    assert re.search(r"ray\.init .*: \d+\.\d s", output), output
 
 
 def check_serve_abuse(output: str) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from voxclass import cli
 from voxclass.classifier import Classifier
 from voxclass.config import ConfigError
 from voxclass.predict import expand_inputs, iter_inputs, run
-from voxclass.scale import SUCCESS, run_engine
+from voxclass.scale import SUCCESS, actor_resources, run_engine
 
 BIN = Path(sys.executable).parent
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -201,3 +202,80 @@ def test_ray_predictor_in_a_users_own_pipeline(local_ray, trained_tone_model, cl
             assert list(row["labels"]) == want["labels"] and row["error"] is None
             pairs = zip(row["scores"], want["scores"], strict=True)
             assert max(abs(a - b) for a, b in pairs) < 1e-6
+
+
+def ray_processes() -> dict[int, str]:
+    """Ray's worker processes by pid, with the titles Ray gives them (`ray::IDLE`, an actor's
+    `ray::MapWorker(MapBatches(...)).submit`, ...)."""
+    titles = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if title.startswith("ray::"):
+            titles[int(cmdline.parent.name)] = title
+    return titles
+
+
+def actor_pids() -> set[int]:
+    """Processes of Ray Data's actor pools."""
+    return {pid for pid, title in ray_processes().items() if "MapWorker" in title}
+
+
+@pytest.mark.slow
+def test_a_classifying_actor_killed_mid_run_is_restarted_and_every_input_is_written_once(
+    tmp_path, local_ray, trained_tone_model, clips, expected
+):
+    out = tmp_path / "out"
+    killed: dict[str, object] = {}
+    earlier = actor_pids()  # of earlier tests' pipelines, maybe not yet gone
+
+    def kill_the_actor_after_its_first_shard() -> None:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        killed["pids"] = actor_pids() - earlier
+        killed["processes"] = ray_processes()
+        for pid in killed["pids"]:
+            os.kill(pid, signal.SIGKILL)
+        killed["shards"] = len(list(out.glob("part-*.parquet")))
+
+    killer = threading.Thread(target=kill_the_actor_after_its_first_shard)
+    killer.start()
+    # 92 inputs in chunks of 2: 46 shards, written one by one by the only actor
+    summary = run_engine("ray", str(trained_tone_model), [str(clips)], out, top_k=2,
+                         chunk_size=2, workers=1)  # fmt: skip
+    killer.join()
+    assert len(killed["pids"]) == 1, killed  # the one actor was found and killed...
+    assert 1 <= killed["shards"] < 46  # ...mid-run, and the run still finished
+    assert (summary.rows, summary.errors, summary.shards) == (92, 2, 46)
+    assert_same_as_plain(out, expected)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("part-")) == [SUCCESS]
+
+
+def test_actors_ask_for_gpus_where_the_cluster_has_them():
+    cpu_only = {"CPU": 64.0, "memory": 1e11}
+    assert actor_resources(cpu_only, workers=8, onnx=False) == {"num_cpus": 0.75}
+    eight_gpus = {"CPU": 64.0, "GPU": 8.0}
+    assert actor_resources(eight_gpus, workers=8, onnx=False) == {"num_cpus": 0.75, "num_gpus": 1}
+    assert actor_resources(eight_gpus, workers=2, onnx=False)["num_gpus"] == 1
+    # 3 GPUs for 8 actors: 3 per GPU, so that all 8 fit (a half each would leave 2 unplaced)
+    assert actor_resources({"GPU": 3.0}, workers=8, onnx=False)["num_gpus"] == 1 / 3
+    assert actor_resources(eight_gpus, workers=8, onnx=True) == {"num_cpus": 0.75}
+
+
+def test_a_device_the_machine_or_the_model_cannot_use_is_refused_in_one_line(
+    tmp_path, trained_tone_model
+):
+    assert Classifier.load(trained_tone_model, "cpu").device == "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device cuda: torch sees no CUDA GPU here"):
+            Classifier.load(trained_tone_model, "cuda")
+    onnx = tmp_path / "exported"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"")  # refused before it is read
+    with pytest.raises(ConfigError, match="an ONNX export runs on the CPU"):
+        Classifier.load(onnx, "cuda")

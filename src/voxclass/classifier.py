@@ -77,14 +77,31 @@ class Classifier:
         """Shorter waves are padded with silence to this many samples (see `min_samples`)."""
 
     @classmethod
-    def load(cls, path: str | Path) -> Classifier:
-        """A model directory: an exported one (model.onnx) runs on onnxruntime, else torch."""
+    def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
+        """A model directory: an exported one (model.onnx) runs on onnxruntime on the CPU, else
+        torch on `device` ("cpu", "cuda", "cuda:1", ...)."""
         if (Path(path).expanduser() / "model.onnx").is_file():
+            if device != "cpu":
+                raise ConfigError(
+                    f"{path}: an ONNX export runs on the CPU; give device 'cpu', or the torch "
+                    "model directory it was exported from to run on a GPU"
+                )
             from .export import load_onnx
 
             return cls(*load_onnx(Path(path).expanduser()))
         model, extractor = load_trained(path)
-        return cls(model, extractor)
+        clf = cls(model, extractor)
+        if device != "cpu":
+            import torch
+
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"device {device}: torch sees no CUDA GPU here; use 'cpu'")
+            clf.model.to(device)
+        return clf
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.backend == "onnx" else str(self.model.device)
 
     # ------------------------------------------------------------------ batched scoring
 
@@ -97,8 +114,9 @@ class Classifier:
         import torch
 
         inputs = pad_batch(self.extractor, features)
+        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
         with torch.inference_mode():
-            return self.model(**inputs).logits.float().numpy()
+            return self.model(**inputs).logits.float().cpu().numpy()
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
         """Indices grouped so that batching cannot change any clip's result."""

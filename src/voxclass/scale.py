@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import uuid
@@ -38,10 +39,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .audio import AudioError, load_audio
+from .audio import AudioError
 from .classifier import Classifier, Prediction
 from .config import ConfigError, write_atomic
 from .data import DataError
+from .packing import decode_chunk, unpack
 from .predict import iter_inputs, run
 
 SCHEMA = pa.schema(
@@ -243,15 +245,21 @@ class RayPredictor:
         ds = ds.map_batches(RayPredictor, fn_constructor_kwargs={"model": "model/"},
                             compute=ray.data.ActorPoolStrategy(size=4), batch_size=64)
 
-    Each actor loads the model once (a model directory or an ONNX export). A batch needs a
-    `source` column of audio paths every worker can read; it comes back with `labels` and
-    `scores` (top-k, best first), `duration` (seconds) and `error` (None, or why the file
-    could not be used; its labels are then empty).
+    Each actor loads the model once (a model directory or an ONNX export), on CUDA when Ray
+    gave the actor a GPU (`num_gpus=1` in `map_batches`), else on the CPU; `device` overrides
+    that. A batch needs a `source` column of audio paths every worker can read; it comes back
+    with `labels` and `scores` (top-k, best first), `duration` (seconds) and `error` (None,
+    or why the file could not be used; its labels are then empty).
     """
 
     def __init__(self, model: str, top_k: int = 5, batch_size: int = 16,
-                 window: float | None = None, hop: float | None = None):  # fmt: skip
-        self.classifier = Classifier.load(model)
+                 window: float | None = None, hop: float | None = None,
+                 device: str | None = None):  # fmt: skip
+        if device is None:
+            import ray
+
+            device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.classifier = Classifier.load(model, device)
         self.options = {"top_k": top_k, "batch_size": batch_size, "window": window, "hop": hop}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,34 +292,6 @@ def _objects(values: list) -> np.ndarray:
     return column
 
 
-def _decode_chunk(batch: dict[str, np.ndarray], listing: str, rate: int, root: str) -> pa.Table:
-    """CPU task: one pending chunk's sources from the spilled listing, decoded at `rate` and
-    packed in one row (samples end to end; a bad file has length -1 and its reason). Relative
-    sources are read from `root`, the driver's working folder."""
-    group = int(batch["group"][0])
-    sources = pq.ParquetFile(listing).read_row_group(group).column("source").to_pylist()
-    waves, lengths, errors = [], [], []
-    for source in sources:
-        try:
-            wave = load_audio(os.path.join(root, source), rate)
-            waves.append(wave)
-            lengths.append(len(wave))
-            errors.append(None)
-        except AudioError as err:
-            lengths.append(-1)
-            errors.append(err.reason)
-    samples = np.concatenate(waves) if waves else np.zeros(0, np.float32)
-    return pa.table(
-        {
-            "name": [str(batch["name"][0])],
-            "sources": [sources],
-            "samples": pa.ListArray.from_arrays([0, len(samples)], pa.array(samples)),
-            "lengths": [lengths],
-            "errors": [errors],
-        }
-    )
-
-
 class _ShardWriter:
     """Actor: classifies decoded chunks with a `RayPredictor` and writes their shards."""
 
@@ -320,14 +300,7 @@ class _ShardWriter:
         self.predictor = RayPredictor(**predictor)
 
     def __call__(self, chunks: pa.Table) -> dict[str, np.ndarray]:
-        packed = chunks.column("samples").combine_chunks()
-        for row, samples in zip(chunks.drop_columns(["samples"]).to_pylist(), packed, strict=True):
-            samples = samples.values.to_numpy(zero_copy_only=False)
-            ends = np.cumsum([max(n, 0) for n in row["lengths"]])
-            waves = [
-                samples[end - n : end] if n >= 0 else None
-                for n, end in zip(row["lengths"], ends, strict=True)
-            ]
+        for row, waves in unpack(chunks):
             results = self.predictor.classify(row["sources"], waves, row["errors"])
             write_shard(self.out, row["name"], results_table(results))
         return {"name": np.asarray(chunks.column("name").to_pylist())}
@@ -364,6 +337,18 @@ def run_ray(
     return finish(out, work.names)
 
 
+def actor_resources(cluster: dict[str, float], workers: int, onnx: bool) -> dict[str, float]:
+    """What each of the `workers` classifying actors asks Ray for, given the cluster's
+    resources (`ray.cluster_resources()`). ¾ CPU: the decode tasks take the rest of a core.
+    On a cluster with GPUs, a share of one GPU: a whole GPU each when there are as many GPUs as
+    workers, else 1/k of one so that k actors share each GPU and all `workers` fit. An ONNX
+    export runs on the CPU, so it asks for none."""
+    gpus = 0 if onnx else int(cluster.get("GPU", 0))
+    if not gpus:
+        return {"num_cpus": 0.75}
+    return {"num_cpus": 0.75, "num_gpus": 1 / math.ceil(workers / gpus)}
+
+
 def _ray_pipeline(ray, work: Plan, spill: Path, rate: int, model: str, out: Path,
                   settings: ShardSettings, batch_size: int, workers: int) -> None:  # fmt: skip
     items = [{"group": g, "name": work.names[i]} for g, i in enumerate(work.pending)]
@@ -371,7 +356,7 @@ def _ray_pipeline(ray, work: Plan, spill: Path, rate: int, model: str, out: Path
     # Decoding takes a quarter CPU and an actor the rest of one, so `workers` actors and their
     # decoders fit on `workers` cores.
     chunks = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _decode_chunk,
+        decode_chunk,
         fn_kwargs={"listing": str(spill.resolve()), "rate": rate, "root": os.getcwd()},
         batch_size=1,
         num_cpus=0.25,
@@ -389,8 +374,11 @@ def _ray_pipeline(ray, work: Plan, spill: Path, rate: int, model: str, out: Path
         },
         batch_size=1,
         batch_format="pyarrow",
+        # A killed actor is restarted and its unfinished chunks retried, without limit: Ray
+        # Data's defaults for an actor pool (max_restarts and max_task_retries -1); a retried
+        # chunk rewrites the same shard.
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0.75,
+        **actor_resources(ray.cluster_resources(), workers, (Path(model) / "model.onnx").is_file()),
     )
     for _ in written.iter_batches(batch_size=None):
         pass  # the shards are the output; this drives the pipeline
