@@ -104,9 +104,8 @@ VARIANTS: dict[str, Variant] = {
     "speed_wide": Variant(augment={"speed": (0.7, 1.4)}),
     "speed_off": Variant(augment={"speed": (1.0, 1.0)}),
     "copies6": Variant(train={"augment_copies": 6}),
-    # Train on random crops shorter than a sentence: each crop must name the intent from the
-    # words in it, which pushes towards word-level cues instead of whole-sentence templates.
-    "crop1s": Variant(train={"max_seconds": 1.0}),
+    # Train on random 2 s crops of a sentence: each crop must name the intent from the words
+    # in it, which might push towards word-level cues instead of whole-sentence templates.
     "crop2s": Variant(train={"max_seconds": 2.0}),
     "smooth": Variant(args={"label_smoothing_factor": 0.1}),
     "lr2e-3": Variant(train={"learning_rate": 2e-3}),
