@@ -208,11 +208,14 @@ class Resampler:
     is the same signal `resample_to` gives for the whole (soxr's stream keeps the filter state
     across chunks; its output lags the input by the filter's delay until `flush`)."""
 
-    def __init__(self, rate: int, target_rate: int):
+    def __init__(self, rate: int, target_rate: int, quality: str = "HQ"):
+        """`quality` is soxr's: `HQ` (what every file gets), or `QQ` (quick cubic
+        interpolation: no anti-aliasing, but it holds back no audio, where soxr's filtered
+        qualities hold back tens of milliseconds per chunk)."""
         self.stream = (
             None
             if rate == target_rate
-            else soxr.ResampleStream(rate, target_rate, 1, "float32", quality="HQ")
+            else soxr.ResampleStream(rate, target_rate, 1, "float32", quality=quality)
         )
 
     def push(self, wave: np.ndarray) -> np.ndarray:
@@ -233,13 +236,13 @@ little-endian, mono."""
 
 class PcmStream:
     """Raw mono PCM (`PCM_FORMATS`) in byte chunks of any size (a sample may be split across
-    two chunks) to float32 at `target_rate`, through the same checks as a file's samples."""
+    two chunks; an odd byte left at the end is dropped) to float32 samples, through the same
+    checks as a file's samples."""
 
-    def __init__(self, sample_format: str, rate: int, target_rate: int, name: str = "<stream>"):
+    def __init__(self, sample_format: str, name: str = "<stream>"):
         self.dtype = PCM_FORMATS[sample_format]
         self.name = name
         self.carry = b""
-        self.resampler = Resampler(rate, target_rate)
 
     def push(self, data: bytes) -> np.ndarray:
         data = self.carry + data
@@ -250,11 +253,7 @@ class PcmStream:
             samples /= 32768.0
         elif not np.isfinite(samples).all():
             raise AudioError(self.name, "holds NaN or infinite samples")
-        return self.resampler.push(samples)
-
-    def flush(self) -> np.ndarray:
-        """The resampler's tail (an odd trailing byte, half a sample, is dropped)."""
-        return self.resampler.flush()
+        return samples
 
 
 def load_many(

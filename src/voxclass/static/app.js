@@ -276,6 +276,7 @@ async function toggleLive() {
     return;
   }
   const context = new AudioContext();
+  await context.resume(); // a context made after an await may start suspended
   await context.audioWorklet.addModule(
     URL.createObjectURL(new Blob([TAP], { type: "application/javascript" })),
   );
@@ -347,8 +348,10 @@ function stopLive() {
 }
 
 function releaseLive(live) {
+  if (live.released) return;
+  live.released = true;
   live.stream.getTracks().forEach((track) => track.stop());
-  if (live.context.state !== "closed") live.context.close();
+  live.context.close();
   if (state.live === live) state.live = null;
   $("live").textContent = "Live";
   $("live").classList.remove("recording");
