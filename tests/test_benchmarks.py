@@ -148,6 +148,27 @@ def check_serve_abuse(output: str) -> None:
         assert " ".join(row(goal)[-2:]).endswith(("met", "NOT met")), (goal, output)
 
 
+def check_stream_latency(output: str) -> None:
+    values = {
+        line[:34].strip(): line[34:].strip()
+        for line in output.splitlines()
+        if len(line) > 34 and line[:34].strip()
+    }
+    assert values["errors"] == "0", output
+    segments, recordings = re.match(
+        r"(\d+) / (\d+) \((\d+) missed\)", values["segments / recordings"]
+    ).group(1, 2)
+    assert recordings == "3" and int(segments) >= 1, output  # --quick: 3 digits per stream
+    for name in ("1 stream: end -> event p50", "1 stream: end -> event p95"):
+        assert re.fullmatch(r"-?\d+ ms", values[name]), (name, output)
+    assert re.fullmatch(r"-?\d+ ms", values["2 streams: worst lag"]), output
+    # Every segment's labels are `voxclass predict`'s on the segment cut out as a file.
+    same, total = re.match(r"(\d+) / (\d+)", values["segment labels == predict"]).groups()
+    assert same == total == segments, output
+    for goal in ("latency goal (p95 <= 300 ms)", "pace goal (worst lag <= 0.5 s)"):
+        assert values[goal] in ("met", "NOT met"), (goal, output)
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
@@ -155,6 +176,7 @@ BENCHMARKS: dict[str, Callable[[str], None]] = {
     "scale_out.py": check_scale_out,
     "serve_abuse.py": check_serve_abuse,
     "serve_load.py": check_serve_load,
+    "stream_latency.py": check_stream_latency,
     "unseen_speakers.py": check_unseen_speakers,
 }
 

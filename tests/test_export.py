@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+import soundfile as sf
 import torch
 from conftest import TONES, burst, free_port, write_tone_folder
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from voxclass.cli import app
 from voxclass.export import OnnxModel, export, validation_clips
 from voxclass.features import extract_one, pad_batch
 from voxclass.model import ModelError, build_model
+from voxclass.stream import StreamSettings, stream_file
 
 
 def save_preset(name: str, path):
@@ -197,10 +199,10 @@ def install_without_torch(tmp_path: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.install
 def test_an_exported_model_predicts_evaluates_and_serves_where_torch_is_not_installed(
-    trained_tone_model, tmp_path
+    trained_tone_model, tmp_path, fsdd
 ):
     """`pip install voxclass` (no `train` extra) into a fresh venv: no torch arrives, and the
-    exported model gives the same answers there through predict, evaluate and serve."""
+    exported model gives the same answers there through predict, evaluate, stream and serve."""
     export(trained_tone_model, tmp_path / "onnx", int8=True)
     data = write_tone_folder(tmp_path / "tones", per_class=3)
     clips = sorted(str(p) for p in data.glob("*/*.wav"))
@@ -236,6 +238,28 @@ def test_an_exported_model_predicts_evaluates_and_serves_where_torch_is_not_inst
     )
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["accuracy"] == 1.0
+
+    # Live streaming too (its voice-activity detector needs no torch): the same events.
+    onnx = Classifier.load(tmp_path / "onnx")
+    gap = np.zeros(onnx.sampling_rate, np.float32)
+    digits = [
+        load_audio(fsdd / f, onnx.sampling_rate) for f in ("3/3_theo_0.wav", "7/7_george_1.wav")
+    ]
+    speech = np.concatenate([gap, digits[0], gap, digits[1], gap])
+    sf.write(tmp_path / "speech.wav", speech, onnx.sampling_rate, subtype="FLOAT")
+    run = subprocess.run(
+        [cli, "stream", str(tmp_path / "onnx"), str(tmp_path / "speech.wav")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    expected = list(stream_file(onnx, speech, StreamSettings(onnx.sampling_rate)))
+    assert [e["type"] for e in events] == [e["type"] for e in expected]
+    assert sum(e["type"] == "segment" for e in events) == 2
+    for got, want in zip(events, expected, strict=True):
+        assert got.get("labels") == want.get("labels")
+        np.testing.assert_allclose(got.get("scores", []), want.get("scores", []), atol=1e-5)
 
     # A torch model directory there is one clear line pointing at the fix, not an ImportError.
     run = subprocess.run(

@@ -721,18 +721,17 @@ def live_server(served):
 MIC_TONE = TONES["high"]  # what chromium's fake microphone plays (see `chromium`)
 
 
-@pytest.fixture
-def chromium(tmp_path):
+def launch_chromium(tmp_path: Path, microphone: np.ndarray, rate: int):
     """Headless Debian chromium through chromedriver. Missing browser = failure, not a skip:
     `make test` installs both (target browser-deps). Its microphone is a fake device that plays
-    MIC_TONE bursts in a loop, with permission granted, so recording can be tested too."""
+    `microphone` in a loop, with permission granted."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         assert Path(binary).is_file(), f"{binary} missing: run `make browser-deps` (as root)"
     mic = tmp_path / "microphone.wav"  # chromium reads 16-bit PCM WAV for a fake capture device
-    sf.write(mic, burst(MIC_TONE, 1.2, 48000), 48000, subtype="PCM_16")
+    sf.write(mic, microphone, rate, subtype="PCM_16")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (
@@ -751,7 +750,13 @@ def chromium(tmp_path):
         f"--use-file-for-fake-audio-capture={mic}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Chromium whose microphone plays MIC_TONE bursts."""
+    driver = launch_chromium(tmp_path, burst(MIC_TONE, 1.2, 48000), 48000)
     yield driver
     driver.quit()
 
@@ -838,3 +843,68 @@ def test_page_records_from_the_microphone_and_shows_the_models_answer(
     scores = [float(e.text) for e in chromium.find_elements(By.CSS_SELECTOR, "#bars .score")]
     assert shown == expected.labels
     np.testing.assert_allclose(scores, expected.scores, atol=2e-3)
+
+
+@pytest.fixture
+def chromium_speaking(tmp_path, fsdd):
+    """Chromium whose microphone says two FSDD digits (real speech) with silence around them,
+    over and over."""
+    from voxclass.audio import load_audio
+
+    rate = 48000
+    gap = np.zeros(rate, np.float32)
+    digits = [load_audio(fsdd / path, rate) for path in ("3/3_theo_0.wav", "7/7_george_1.wav")]
+    driver = launch_chromium(tmp_path, np.concatenate([gap, digits[0], gap, digits[1], gap]), rate)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.browser
+def test_live_mode_shows_the_models_labels_as_the_microphone_speaks(
+    live_server, served, chromium_speaking
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = chromium_speaking
+    wait = WebDriverWait(page, 60)
+    page.get(live_server + "/")
+    wait.until(lambda d: "labels" in d.find_element(By.ID, "model-info").text)
+    live = page.find_element(By.ID, "live")
+    live.click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#live-timeline .segment")) >= 2)
+    live.click()  # stop: the server sends what is left, then closes the stream
+    wait.until(lambda d: d.find_element(By.ID, "live-status").text == "stopped.")
+    assert not page.find_element(By.ID, "error").is_displayed()
+    assert live.text == "Live"
+
+    events = page.execute_script("return state.liveEvents")
+    assert events[0]["type"] == "ready" and events[-1]["type"] == "end"
+    hops = [e for e in events if e["type"] == "hop"]
+    segments = [e for e in events if e["type"] == "segment"]
+    assert len(segments) >= 2 and any(not h["speech"] for h in hops)
+    for segment in segments:  # one spoken digit each, not the silence around it
+        assert 0.2 <= segment["end"] - segment["start"] <= 1.2, segment
+    # The timeline shows every hop and segment, in order, with the labels the server sent ...
+    rows = page.find_elements(By.CSS_SELECTOR, "#live-timeline li")
+    shown = [e for e in events if e["type"] in ("hop", "segment")]
+    assert len(rows) == len(shown)
+    for row, event in zip(rows, shown, strict=True):
+        text = row.find_element(By.CSS_SELECTOR, ".text").text
+        if event["type"] == "segment":
+            assert "segment" in row.get_attribute("class")
+            assert row.find_element(By.CSS_SELECTOR, ".time").text == (
+                f"{event['start']:.2f}–{event['end']:.2f} s"
+            )
+        assert text == (
+            f"{event['labels'][0]} {event['scores'][0]:.3f}" if event["labels"] else "·"
+        )
+    # ... and those are the model's labels for the audio it heard: one wave per event with
+    # labels (speech hops and segments), in order; silence was never sent to the model.
+    heard = list(served.heard)
+    labelled = [e for e in shown if e["labels"]]
+    assert len(heard) == len(labelled)
+    for wave, event in zip(heard, labelled, strict=True):
+        expected = served.predict(wave, served.sampling_rate)
+        assert event["labels"] == expected.labels
+        np.testing.assert_allclose(event["scores"], expected.scores, atol=1e-5)

@@ -195,17 +195,65 @@ def load_audio(
 
     Blocks are mixed and resampled as they are decoded (soxr's stream gives the same samples
     as resampling the whole signal at once), so memory follows the output's length."""
-    stream, out = None, []
+    resampler, out = None, []
     for rate, block in _blocks(source, limits):
-        mono = to_mono(block)
-        if rate != sampling_rate:
-            if stream is None:
-                stream = soxr.ResampleStream(rate, sampling_rate, 1, "float32", quality="HQ")
-            mono = stream.resample_chunk(mono)
-        out.append(mono)
-    if stream is not None:
-        out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        resampler = resampler or Resampler(rate, sampling_rate)
+        out.append(resampler.push(to_mono(block)))
+    out.append(resampler.flush())
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class Resampler:
+    """Resamples a mono float32 signal that arrives in chunks; the output, chunk after chunk,
+    is the same signal `resample_to` gives for the whole (soxr's stream keeps the filter state
+    across chunks; its output lags the input by the filter's delay until `flush`)."""
+
+    def __init__(self, rate: int, target_rate: int, quality: str = "HQ"):
+        """`quality` is soxr's: `HQ` (what every file gets), or `QQ` (quick cubic
+        interpolation: no anti-aliasing, but it holds back no audio, where soxr's filtered
+        qualities hold back tens of milliseconds per chunk)."""
+        self.stream = (
+            None
+            if rate == target_rate
+            else soxr.ResampleStream(rate, target_rate, 1, "float32", quality=quality)
+        )
+
+    def push(self, wave: np.ndarray) -> np.ndarray:
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        return wave if self.stream is None else self.stream.resample_chunk(wave)
+
+    def flush(self) -> np.ndarray:
+        """The delayed tail: the last output of the signal."""
+        if self.stream is None:
+            return np.zeros(0, np.float32)
+        return self.stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+PCM_FORMATS = {"pcm16": np.dtype("<i2"), "f32": np.dtype("<f4")}
+"""Raw sample formats a stream may send: 16-bit signed integers or 32-bit floats in [-1, 1],
+little-endian, mono."""
+
+
+class PcmStream:
+    """Raw mono PCM (`PCM_FORMATS`) in byte chunks of any size (a sample may be split across
+    two chunks; an odd byte left at the end is dropped) to float32 samples, through the same
+    checks as a file's samples."""
+
+    def __init__(self, sample_format: str, name: str = "<stream>"):
+        self.dtype = PCM_FORMATS[sample_format]
+        self.name = name
+        self.carry = b""
+
+    def push(self, data: bytes) -> np.ndarray:
+        data = self.carry + data
+        whole = len(data) - len(data) % self.dtype.itemsize
+        self.carry = data[whole:]
+        samples = np.frombuffer(data[:whole], self.dtype).astype(np.float32)
+        if self.dtype.kind == "i":
+            samples /= 32768.0
+        elif not np.isfinite(samples).all():
+            raise AudioError(self.name, "holds NaN or infinite samples")
+        return samples
 
 
 def load_many(

@@ -488,6 +488,24 @@ def serve(
     )
 
 
+@app.command()
+def stream(
+    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
+    source: str = typer.Argument("-", help="Audio file, or - for raw mono PCM on stdin."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own pace."),
+    rate: int = typer.Option(None, help="stdin only: sample rate in Hz (default 16000)."),
+    sample_format: str = typer.Option(
+        None, "--format", help="stdin only: pcm16 or f32, little-endian (default pcm16)."
+    ),
+    hop: float = typer.Option(0.5, help="Seconds of audio between hop events."),
+    top_k: int = typer.Option(5, help="Labels per event."),
+) -> None:
+    """Classify audio as it is spoken: hop, segment and end events as JSON lines."""
+    from .stream import print_events
+
+    print_events(model, source, realtime, rate, sample_format, hop, top_k)
+
+
 def main() -> None:
     """Console-script entry: user errors, usage errors included, are one line on stderr
     (`error: ...`) and exit code 2; a command's own exit code (predict: 1) passes through."""

@@ -1,9 +1,10 @@
 """`voxclass serve`: an HTTP API and a web page over one loaded `Classifier`.
 
 Routes: `GET /` (the page in `static/`), `GET /health`, `GET /v1/model`, `POST /v1/classify`,
-OpenAPI docs at `/docs` (Swagger UI served from the fastapi-offline package: no CDN). Every
-error is JSON `{"detail": "<what went wrong and what to do>"}`: 400 a Host header not allowed,
-401 missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 audio
+`WS /v1/stream` (live classification: `run_stream`, `stream.py`), OpenAPI docs at `/docs`
+(Swagger UI served from the fastapi-offline package: no CDN). Every HTTP error is JSON
+`{"detail": "<what went wrong and what to do>"}`: 400 a Host header not allowed, 401
+missing/wrong token, 413 upload over the limit, 415 audio that cannot be decoded, 422 audio
 outside the server's limits or bad form fields, 500 a failure of the server (logged there).
 
 Each upload is checked against the server's `AudioLimits` from its header before any sample is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import secrets
 import sys
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -39,6 +41,7 @@ from . import __version__
 from .audio import AudioError, AudioLimitError, AudioLimits, load_audio
 from .classifier import Classifier, Prediction
 from .config import ConfigError
+from .stream import StreamSession, StreamSettings, StreamSettingsError
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
@@ -54,6 +57,12 @@ DECODE_THREADS = 2
 from the model."""
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Host header values accepted by default: this machine's own names."""
+MAX_STREAM_MESSAGE_BYTES = 1 << 20
+"""Largest binary message on `/v1/stream` (1 MiB: over 5 s of f32 audio at 48 kHz); clients
+send small chunks, tens of milliseconds each."""
+DEFAULT_MAX_STREAM_SECONDS = 3600.0
+"""Longest stream accepted unless `create_app(max_stream_seconds=...)` says otherwise: memory
+stays bounded however long a stream runs, its CPU time does not."""
 
 
 def default_max_audio_seconds(model_max_seconds: float) -> float:
@@ -268,12 +277,12 @@ class AllowedHosts:
         self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         refused = False
 
-        async def allowed(scope: Scope, receive: Receive, _: Send) -> None:
+        async def allowed(_: Scope, receive: Receive, __: Send) -> None:
             await self.app(scope, receive, send)
 
         async def refuse(message: Message) -> None:  # swallows the plain-text refusal
@@ -281,14 +290,171 @@ class AllowedHosts:
             refused = True
 
         check = TrustedHostMiddleware(allowed, self.hosts, www_redirect=False)
-        await check(scope, receive, refuse)
-        if refused:
+        await check({**scope, "type": "http"}, receive, refuse)
+        if refused and scope["type"] == "websocket":  # a handshake refused: HTTP 403
+            await send({"type": "websocket.close", "code": 1008})
+        elif refused:
             host = Headers(scope=scope).get("host", "")
             detail = (
                 f"Host {host!r} is not one this server answers to ({', '.join(self.hosts)}): "
                 "start it with --allowed-hosts NAME,... naming the host clients connect to"
             )
             await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+
+
+STREAM_FIELDS = {"type", "token", "sampling_rate", "format", "hop", "top_k"}
+"""Keys of `/v1/stream`'s first message."""
+# WebSocket close codes (RFC 6455 section 7.4.1) that `/v1/stream` ends a connection with.
+CLOSE_NORMAL = 1000  # the client sent {"type": "end"} and has every event
+CLOSE_UNSUPPORTED = 1003  # an unknown sample format, or text where audio was expected
+CLOSE_BAD_DATA = 1007  # a first message that is not the JSON asked for, a bad rate, NaN audio
+CLOSE_POLICY = 1008  # a missing or wrong token, a stream over its length, another site's page
+CLOSE_TOO_BIG = 1009  # one message over MAX_STREAM_MESSAGE_BYTES
+CLOSE_ERROR = 1011  # the model failed
+
+
+class StreamClosed(Exception):
+    """Ends a `/v1/stream` connection with a WebSocket close code and a reason."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def stream_settings(
+    message: dict, headers: Headers, token: str | None, limits: AudioLimits
+) -> StreamSettings:
+    """The settings of a `/v1/stream` first message (already parsed JSON), after the token
+    check; StreamClosed naming the problem otherwise."""
+    if not isinstance(message, dict):
+        raise StreamClosed(CLOSE_BAD_DATA, "first message must be a JSON object")
+    if token:
+        given = message.get("token")
+        header = headers.get("authorization")
+        if given is None and header is None:
+            raise StreamClosed(
+                CLOSE_POLICY, "this server needs a token: put it in the first message"
+            )
+        expected = token.encode()
+        if not (
+            (isinstance(given, str) and secrets.compare_digest(given.encode(), expected))
+            or (
+                header is not None
+                and secrets.compare_digest(header.encode(), b"Bearer " + expected)
+            )
+        ):
+            raise StreamClosed(CLOSE_POLICY, "wrong token")
+    unknown = sorted(set(message) - STREAM_FIELDS)
+    if unknown:
+        raise StreamClosed(
+            CLOSE_BAD_DATA,
+            f"unknown keys {', '.join(unknown)[:40]}: expected sampling_rate, "
+            "format, hop, top_k, token",
+        )
+    if "sampling_rate" not in message:
+        raise StreamClosed(CLOSE_BAD_DATA, "first message needs sampling_rate (Hz)")
+    settings = StreamSettings(
+        sampling_rate=message["sampling_rate"],
+        sample_format=message.get("format", "pcm16"),
+        hop=message.get("hop", 0.5),
+        top_k=message.get("top_k", 5),
+    )
+    try:
+        settings.check(limits)
+    except StreamSettingsError as err:
+        raise StreamClosed(
+            CLOSE_UNSUPPORTED if err.setting == "format" else CLOSE_BAD_DATA, str(err)
+        ) from None
+    return settings
+
+
+async def run_stream(
+    ws: WebSocket,
+    clf: Classifier,
+    batcher: Batcher,
+    token: str | None,
+    limits: AudioLimits,
+    max_stream_seconds: float,
+) -> None:
+    """One `/v1/stream` connection: the first message, then audio until the client sends
+    `{"type": "end"}` (the last events, then close 1000) or hangs up. A broken rule closes
+    the connection with a code and a one-line reason."""
+    origin = ws.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != ws.headers.get("host"):
+        # Browsers let any site open a WebSocket to any address: only this server's own page.
+        await ws.close(CLOSE_POLICY, "cross-origin stream refused: use this server's own page")
+        return
+    await ws.accept()
+    try:
+        first = await ws.receive()
+        if first["type"] == "websocket.disconnect":
+            return
+        try:
+            message = json.loads(first.get("text") or "")
+        except ValueError:
+            raise StreamClosed(
+                CLOSE_BAD_DATA, 'first message must be JSON text, e.g. {"sampling_rate": 16000}'
+            ) from None
+        settings = stream_settings(message, ws.headers, token, limits)
+        session = StreamSession(clf, settings)
+        await ws.send_json(
+            {
+                "type": "ready",
+                "labels": clf.labels,
+                "sampling_rate": clf.sampling_rate,
+                "window": clf.max_seconds,
+                "hop": settings.hop,
+            }
+        )
+        max_bytes = max_stream_seconds * settings.sampling_rate * 4  # f32: the larger format
+        if settings.sample_format == "pcm16":
+            max_bytes /= 2
+        received = 0
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                if (message.get("text") or "").replace(" ", "") != '{"type":"end"}':
+                    raise StreamClosed(
+                        CLOSE_UNSUPPORTED, 'after the first message: audio bytes or {"type": "end"}'
+                    )
+                steps = session.finish()
+            elif len(data) > MAX_STREAM_MESSAGE_BYTES:
+                raise StreamClosed(
+                    CLOSE_TOO_BIG,
+                    f"message over {MAX_STREAM_MESSAGE_BYTES} bytes: send smaller chunks",
+                )
+            elif received + len(data) > max_bytes:
+                raise StreamClosed(
+                    CLOSE_POLICY, f"stream over the {max_stream_seconds:g} s limit: open a new one"
+                )
+            else:
+                received += len(data)
+                try:
+                    steps = await run_in_threadpool(session.feed, data)
+                except AudioError as err:
+                    raise StreamClosed(CLOSE_BAD_DATA, f"audio {err.reason}") from None
+            for step in steps:
+                prediction = None
+                if step.wave is not None:
+                    try:
+                        prediction = await batcher.predict(step.wave, "stream", settings.top_k)
+                    except Exception as err:
+                        log.error("classifying a stream failed", exc_info=err)
+                        raise StreamClosed(
+                            CLOSE_ERROR, "the model failed (see the server log)"
+                        ) from None
+                await ws.send_json(step.done(prediction))
+            if session.finished:
+                await ws.close(CLOSE_NORMAL, "end of stream")
+                return
+    except StreamClosed as closed:
+        await ws.close(closed.code, closed.reason.encode()[:123].decode(errors="ignore"))
+    except WebSocketDisconnect:
+        pass
 
 
 def create_app(
@@ -298,6 +464,7 @@ def create_app(
     max_audio_seconds: float | None = None,
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
+    max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
 ) -> FastAPI:
     """The app over one classifier, loaded here once (a trained or exported model dir).
 
@@ -306,7 +473,7 @@ def create_app(
     ConfigError (it would mean no authentication). `max_audio_seconds` (default
     `default_max_audio_seconds` of the model) and `max_sample_rate` bound each upload, checked
     from its header before decoding. `allowed_hosts`: accepted Host header values (default the
-    loopback names; `*` accepts any).
+    loopback names; `*` accepts any). `max_stream_seconds` bounds each `/v1/stream`.
     """
     if token is not None and not token.strip():
         raise ConfigError(
@@ -426,6 +593,11 @@ def create_app(
             raise HTTPException(
                 500, f"{name}: the model failed on this clip (the server's log has the details)"
             ) from None
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        """Live classification (see `run_stream` and the README's Live streaming section)."""
+        await run_stream(ws, clf, batcher, token, limits, max_stream_seconds)
 
     if token:  # show the scheme in /docs, so "Authorize" there sends the header
         schema = app.openapi()

@@ -239,6 +239,148 @@ function recordingSeconds() {
   return state.recordingStarted ? (performance.now() - state.recordingStarted) / 1000 : 0;
 }
 
+// ---------------------------------------------------------------- live
+
+// The microphone's samples reach this page through an AudioWorklet (128 frames per call); the
+// page sends them on as raw f32 at the audio context's own rate, and the server resamples.
+const TAP = `class Tap extends AudioWorkletProcessor {
+  process(inputs) { if (inputs[0][0]) this.port.postMessage(inputs[0][0].slice(0)); return true; }
+}
+registerProcessor("tap", Tap);`;
+const LIVE_SEND_SECONDS = 0.05; // audio per WebSocket message
+const LIVE_ROWS = 400; // timeline rows kept on the page
+// live: the running session (socket, audio context, microphone); liveEvents: every event of
+// the last session, as the server sent it.
+state.live = null;
+state.liveEvents = [];
+
+async function toggleLive() {
+  if (state.live) {
+    stopLive();
+    return;
+  }
+  clearMessages();
+  if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+    showError("This browser cannot listen live here (it needs https or localhost).");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    showError(
+      err.name === "NotAllowedError"
+        ? "Microphone permission was denied. Allow it in the browser to listen live."
+        : `No microphone available (${err.message}).`,
+    );
+    return;
+  }
+  const context = new AudioContext();
+  await context.resume(); // a context made after an await may start suspended
+  await context.audioWorklet.addModule(
+    URL.createObjectURL(new Blob([TAP], { type: "application/javascript" })),
+  );
+  const tap = new AudioWorkletNode(context, "tap");
+  context.createMediaStreamSource(stream).connect(tap);
+  tap.connect(context.destination); // pulled by the graph; it writes no sound
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/stream`);
+  socket.binaryType = "arraybuffer";
+  const live = { socket, context, stream, ready: false, blocks: [], queued: 0 };
+  state.live = live;
+  state.liveEvents = [];
+  $("live-timeline").replaceChildren();
+  $("live-view").hidden = false;
+  $("live").textContent = "Stop live";
+  $("live").classList.add("recording");
+  $("live-status").textContent = "connecting…";
+  socket.onopen = () => {
+    const first = {
+      sampling_rate: context.sampleRate,
+      format: "f32",
+      top_k: Math.max(1, parseInt($("top-k").value, 10) || 5),
+    };
+    if (token()) first.token = token();
+    socket.send(JSON.stringify(first));
+  };
+  tap.port.onmessage = (event) => {
+    if (!live.ready || socket.readyState !== WebSocket.OPEN) return;
+    live.blocks.push(event.data);
+    live.queued += event.data.length;
+    if (live.queued >= LIVE_SEND_SECONDS * context.sampleRate) {
+      const chunk = new Float32Array(live.queued);
+      let at = 0;
+      for (const block of live.blocks) {
+        chunk.set(block, at);
+        at += block.length;
+      }
+      live.blocks = [];
+      live.queued = 0;
+      socket.send(chunk.buffer);
+    }
+  };
+  socket.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    state.liveEvents.push(event);
+    if (event.type === "ready") {
+      live.ready = true;
+      $("live-status").textContent = "listening…";
+    } else {
+      showLiveEvent(event);
+    }
+  };
+  socket.onclose = (event) => {
+    releaseLive(live);
+    if (event.code !== 1000) {
+      if (event.code === 1008 && /token/.test(event.reason)) $("token-section").hidden = false;
+      showError(`The live stream stopped: ${event.reason || `connection lost (${event.code})`}.`);
+    }
+    $("live-status").textContent = "stopped.";
+  };
+}
+
+function stopLive() {
+  const live = state.live;
+  // The server answers the last events (the open segment) and then closes the socket.
+  if (live.socket.readyState === WebSocket.OPEN) live.socket.send(JSON.stringify({ type: "end" }));
+  else live.socket.close();
+  releaseLive(live);
+}
+
+function releaseLive(live) {
+  if (live.released) return;
+  live.released = true;
+  live.stream.getTracks().forEach((track) => track.stop());
+  live.context.close();
+  if (state.live === live) state.live = null;
+  $("live").textContent = "Live";
+  $("live").classList.remove("recording");
+}
+
+function showLiveEvent(event) {
+  const list = $("live-timeline");
+  const row = document.createElement("li");
+  const time = document.createElement("span");
+  time.className = "time";
+  const text = document.createElement("span");
+  text.className = "text";
+  if (event.type === "hop") {
+    row.className = event.speech ? "hop speech" : "hop silence";
+    time.textContent = `${event.end.toFixed(1)} s`;
+    text.textContent = event.speech ? `${event.labels[0]} ${event.scores[0].toFixed(3)}` : "·";
+  } else if (event.type === "segment") {
+    row.className = "segment";
+    time.textContent = `${event.start.toFixed(2)}–${event.end.toFixed(2)} s`;
+    text.textContent = `${event.labels[0]} ${event.scores[0].toFixed(3)}`;
+  } else {
+    return;
+  }
+  row.append(time, text);
+  list.append(row);
+  while (list.children.length > LIVE_ROWS) list.firstElementChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
 // ---------------------------------------------------------------- wiring
 
 $("file").addEventListener("change", () => {
@@ -247,6 +389,7 @@ $("file").addEventListener("change", () => {
   $("file").value = ""; // picking the same file again classifies it again
 });
 $("record").addEventListener("click", toggleRecording);
+$("live").addEventListener("click", toggleLive);
 $("token").addEventListener("change", () => {
   sessionStorage.setItem("voxclass-token", token());
   loadModelInfo();
