@@ -56,6 +56,30 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Host header values accepted by default: this machine's own names."""
 
 
+@dataclass
+class ServeConfig:
+    """How `voxclass serve` serves a model."""
+
+    model: str
+    """Trained (or exported) model directory."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 exposes it to every network the machine is on)."""
+    port: int = 8000
+    """TCP port."""
+    max_upload_mb: float = 20.0
+    """Largest accepted upload (413 above)."""
+    token: str | None = None
+    """Require 'Authorization: Bearer TOKEN' on /v1/ (default: env VOXCLASS_TOKEN)."""
+    max_audio_seconds: float | None = None
+    """Longest accepted upload in seconds, checked from its header (422 above). Default: 10 of
+    the model's windows, at least 60."""
+    max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE
+    """Highest accepted upload sample rate in Hz (422 above)."""
+    allowed_hosts: list[str] | None = None
+    """Host header values answered, comma-separated (400 otherwise; '*' for any). Default:
+    localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0."""
+
+
 def default_max_audio_seconds(model_max_seconds: float) -> float:
     """Longest upload accepted unless `--max-audio-seconds` says otherwise: ten of the model's
     windows, and at least a minute. Cost grows with duration (decoding, and one forward per
