@@ -169,6 +169,19 @@ def check_stream_latency(output: str) -> None:
         assert values[goal] in ("met", "NOT met"), (goal, output)
 
 
+def check_startup(output: str) -> None:
+    names = ("python -c pass", "voxclass --help", "voxclass predict (ONNX, 1 clip)")
+    rows = {line[:34].strip(): line[34:].split() for line in output.splitlines()
+            if line.startswith(names)}  # fmt: skip
+    assert list(rows) == list(names), output
+    for name, (median, spread, ratio, *_heavy) in rows.items():
+        low, high = map(float, spread.split("-"))
+        assert 0 < low <= float(median) <= high and ratio.endswith("x"), (name, output)
+    assert rows["python -c pass"][2] == "1.0x", output
+    assert rows["voxclass --help"][3] == "-", output  # imports no heavy module
+    assert rows[names[2]][3] == "-", output  # an ONNX export runs on numpy and onnxruntime
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
@@ -177,6 +190,7 @@ BENCHMARKS: dict[str, Callable[[str], None]] = {
     "serve_abuse.py": check_serve_abuse,
     "serve_load.py": check_serve_load,
     "stream_latency.py": check_stream_latency,
+    "startup.py": check_startup,
     "unseen_speakers.py": check_unseen_speakers,
 }
 

@@ -1,6 +1,9 @@
 """The command line: user errors are one line and exit code 2; `synth` and `inspect` end to end."""
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import soundfile as sf
 from conftest import run_cli, tone, write_tone_folder, write_tone_mix_manifest
@@ -140,3 +143,89 @@ def test_multi_label_inspect_train_and_evaluate(tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     assert "macro-F1" in out and (eval_out / "report.json").is_file()
+
+
+def test_bare_help_imports_no_heavy_library():
+    """`voxclass --help` lists the commands without importing any command's module."""
+    probe = (
+        "import sys\nfrom voxclass import cli\ntry:\n    cli.main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', "
+        "'datasets', 'numpy', 'rich'}))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "train" in run.stdout and "predict" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_help_lists_every_option_with_its_docstring(monkeypatch, capsys):
+    from transformers import TrainingArguments
+
+    from voxclass.config import field_docs
+    from voxclass.train import TrainConfig, trainer_fields
+
+    code, out, _ = run_cli(monkeypatch, capsys, "train", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    docs = {**field_docs(TrainingArguments), **field_docs(TrainConfig)}
+    options = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "training_args"]
+    for name in options + [f.name for f in trainer_fields()]:
+        option = "--data" if name == "source" else "--" + name.replace("_", "-")
+        assert f"{option} " in text or f"{option}," in text, option
+        if docs.get(name):  # the first words of its help (the wrapping may split hyphens)
+            assert " ".join(docs[name].split()[:3]) in text, (name, docs[name])
+    assert "--epochs, --num-train-epochs FLOAT" in text  # a TrainingArguments name is an alias
+    assert "[voxclass: cosine]" in text  # voxclass's own choice, shown beside transformers'
+    assert "transformers.TrainingArguments options" in text
+
+
+def test_train_bf16_without_a_gpu_is_one_line_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    data = write_tone_folder(tmp_path / "t", per_class=2)
+    args = ["train", "--data", data, "--model", "tiny", "--output", tmp_path / "m"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--bf16", "true")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --bf16 true: mixed precision needs a GPU")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--eval-strategy", "sometimes")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "TrainingArguments refused the options" in err and "sometimes" in err
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--report-to", "carrier-pigeon")
+    assert code == 2 and "carrier-pigeon is not supported" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
+def test_every_command_reads_a_yaml_config_and_the_command_line_wins(
+    trained_tone_model, tmp_path, monkeypatch, capsys
+):
+    clips = write_tone_folder(tmp_path / "t", per_class=1, splits=True)
+    predict_yaml = tmp_path / "p.yaml"
+    predict_yaml.write_text(
+        f"model: {trained_tone_model}\ninputs: [{clips / 'test'}]\ntop_k: 1\nformat: json\n"
+    )
+    args = ["predict", "--config", predict_yaml, "--top-k", "2"]
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 3 and all(len(r["labels"]) == 2 for r in rows)  # json from the YAML
+
+    eval_yaml = tmp_path / "e.yaml"
+    eval_yaml.write_text(f"model: {trained_tone_model}\nsource: {clips}\nout: {tmp_path / 'x'}\n")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "evaluate", "--config", eval_yaml, "--out", tmp_path / "eval"
+    )
+    assert code == 0, err
+    assert (tmp_path / "eval" / "report.json").is_file() and not (tmp_path / "x").exists()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_sise: 3\n")
+    for command in ("synth", "inspect", "train", "evaluate", "predict", "export", "serve", "demo"):
+        code, _, err = run_cli(monkeypatch, capsys, command, "--config", bad)
+        assert code == 2 and err.count("\n") == 1, (command, err)
+        assert err.startswith("error: unknown option(s) batch_sise"), (command, err)
+    code, _, err = run_cli(monkeypatch, capsys, "predict", "--config", eval_yaml)
+    assert code == 2 and "unknown option(s) source" in err
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--data", clips)
+    assert code == 2 and "MODEL is required (on the command line or as `model:`" in err

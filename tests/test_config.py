@@ -38,7 +38,9 @@ def not_the_default(field: dataclasses.Field, hint) -> object:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: an X
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     kind = typing.get_origin(hint) or hint
-    value = {bool: not default, int: 7, float: 0.25, str: "x7", list: ["a", "b"]}[kind]
+    value = {bool: not default, int: 7, float: 0.25, str: "x7", list: ["a", "b"], dict: {"x": 7}}[
+        kind
+    ]
     return value if value != default else {int: 8, float: 0.5, str: "y8"}[kind]
 
 
@@ -89,3 +91,44 @@ def test_publish_folder_replaces_an_output_whole_and_puts_it_back_when_the_swap_
         publish_folder(missing, out)
     assert (out / "new.txt").read_text() == "new"  # the earlier output is back in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_training_arguments_fields_pass_through_over_voxclass_defaults(tmp_path):
+    from transformers import TrainingArguments
+
+    from voxclass.train import training_arguments
+
+    (tmp_path / "c.yaml").write_text(
+        "source: d\nlr_scheduler_type: linear\ntraining_args:\n  logging_steps: 5\n"
+    )
+    config = build_config(
+        TrainConfig,
+        tmp_path / "c.yaml",
+        {"bf16": "false", "report_to": "none", "epochs": "3"},
+        passthrough=("training_args", TrainingArguments),
+    )
+    assert config.epochs == 3
+    assert config.training_args == {
+        "lr_scheduler_type": "linear",
+        "logging_steps": 5,
+        "bf16": False,
+        "report_to": "none",
+    }
+    args = training_arguments(config, from_scratch=True)
+    assert args.lr_scheduler_type == "linear" and args.logging_steps == 5  # overridden
+    assert args.eval_strategy == "epoch" and args.metric_for_best_model == "macro_f1"  # kept
+    assert args.num_train_epochs == 3
+    with pytest.raises(ConfigError, match="output_dir is set by voxclass: use --output"):
+        training_arguments(dataclasses.replace(config, training_args={"output_dir": "x"}), True)
+    with pytest.raises(ConfigError, match="training_args: 'bf17' is not a field"):
+        build_config(
+            TrainConfig,
+            None,
+            {"source": "d", "training_args": {"bf17": True}},
+            passthrough=("training_args", TrainingArguments),
+        )
+    # `None | str | list[str]`: a comma list is a list
+    values = {"source": "d", "report_to": "tensorboard,wandb"}
+    trainer = ("training_args", TrainingArguments)
+    config = build_config(TrainConfig, None, values, passthrough=trainer)
+    assert config.training_args == {"report_to": ["tensorboard", "wandb"]}

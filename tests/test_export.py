@@ -11,12 +11,10 @@ import onnxruntime
 import pytest
 import soundfile as sf
 import torch
-from conftest import TONES, burst, free_port, write_tone_folder
-from typer.testing import CliRunner
+from conftest import TONES, burst, free_port, run_cli, write_tone_folder
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
-from voxclass.cli import app
 from voxclass.export import OnnxModel, export, validation_clips
 from voxclass.features import extract_one, pad_batch
 from voxclass.model import ModelError, build_model
@@ -131,12 +129,11 @@ def test_failed_validation_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
-def test_cli_export_and_its_errors(tmp_path):
+def test_cli_export_and_its_errors(tmp_path, monkeypatch, capsys):
     src = save_preset("tiny-wav2vec2", tmp_path / "model")
-    runner = CliRunner()
-    result = runner.invoke(app, ["export", str(src), "--out", str(tmp_path / "onnx")])
-    assert result.exit_code == 0, result.output
-    assert "top-1 agreement 100.0%" in result.output
+    code, out, err = run_cli(monkeypatch, capsys, "export", src, "--out", tmp_path / "onnx")
+    assert code == 0, err
+    assert "top-1 agreement 100.0%" in out
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     with pytest.raises(ModelError, match="not an empty folder"):
         export(src, tmp_path / "onnx")
@@ -145,6 +142,28 @@ def test_cli_export_and_its_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ inference without torch
+
+
+def test_predict_on_an_export_imports_neither_torch_transformers_nor_datasets(tmp_path):
+    """Start-up of `voxclass predict` on an exported model, from a fresh interpreter: no torch,
+    no transformers (its config and log-mel extractor are read in numpy), no datasets."""
+    export(save_preset("tiny", tmp_path / "model"), tmp_path / "onnx")
+    clip = tmp_path / "one.wav"
+    import soundfile as sf
+
+    sf.write(clip, burst(TONES["mid"], 1.0, 8000), 8000)
+    probe = (
+        "import json, sys\nfrom voxclass import cli\ntry:\n    cli.main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    code = exit.code\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'datasets', 'transformers'}\n"
+        "print(json.dumps({'code': code, 'heavy': sorted(heavy)}), file=sys.stderr)"
+    )
+    args = ["predict", str(tmp_path / "onnx"), str(clip), "--format", "json"]
+    run = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+    report = json.loads(run.stderr.strip().splitlines()[-1])
+    assert report["code"] in (0, None), run.stderr
+    assert json.loads(run.stdout)[0]["labels"][0] in ("zero", "one", "two")
+    assert report["heavy"] == [], report
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,175 +1,249 @@
 """Command line: parses arguments and calls the library. No logic of its own.
 
-User errors (AudioError, DataError, ModelError) become one line on stderr and exit code 2.
+Every command's options are the fields of its config dataclass, with the field's docstring as
+help (`train` adds every transformers.TrainingArguments field). They are built only when that
+command runs or shows its help, so `voxclass --help` imports no command's module, and
+`predict` on an exported model imports neither torch, transformers nor datasets. Every command
+takes `--config FILE.yaml`; the command line wins over the file, the file over the defaults.
+
+User errors (AudioError, DataError, ModelError, ConfigError) become one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import typer
-from rich.console import Console
-from rich.table import Table
+import click
 
-try:  # typer >= 0.24 carries its own copy of click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # older typer runs on click itself
-    from click.exceptions import ClickException, NoArgsIsHelpError
+from .config import ConfigError, build_config, field_default, field_docs, option_name
 
-from .audio import AudioError, AudioLimits
-from .config import ConfigError, check_output_file
-from .data import DataConfig, DataError
-from .model import ModelError, require_torch
+CONFIG_HELP = "YAML file of options, keys spelled like the fields (batch_size: 8); the command "
+CONFIG_HELP += "line wins over it."
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+
+@dataclasses.dataclass
+class Spec:
+    """How a command's config dataclass becomes its arguments and options."""
+
+    config: type
+    arguments: tuple[str, ...] = ()
+    """Fields taken as positional arguments (a list field takes the rest)."""
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Field -> option where they differ (source -> --data)."""
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Further option spellings -> field (--num-train-epochs -> epochs)."""
+    hidden: tuple[str, ...] = ()
+    """Fields set in YAML only."""
+    passthrough: tuple[str, type] | None = None
+    """(dict field, dataclass): that dataclass's fields, each an option, collected in the dict."""
+    passthrough_fields: list = dataclasses.field(default_factory=list)
+    passthrough_notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Passthrough field -> voxclass's own value, shown in its help."""
+
+    def display(self, name: str) -> str:
+        return name.upper() if name in self.arguments else self.names.get(name, option_name(name))
+
+
+def _base_type(hint: Any) -> Any:
+    """`X | None` -> X; `list[X]` stays a list."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+METAVARS = {bool: "[true|false]", int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
+
+
+def _option(names: list[str], dest: str, hint: Any, doc: str, default: Any) -> click.Option:
+    """An option whose text value build_config converts (one conversion for YAML and command
+    line). A bool takes true/false, or nothing for true (`--resume`)."""
+    base = _base_type(hint)
+    metavar = "A,B,..." if typing.get_origin(base) is list else METAVARS.get(base, "VALUE")
+    shown = default
+    if isinstance(default, list):
+        shown = ",".join(map(str, default))
+    help_text = doc
+    if default is not dataclasses.MISSING and default not in (None, "", []):
+        help_text += f"  [default: {str(shown).lower() if isinstance(shown, bool) else shown}]"
+    flag = {"is_flag": False, "flag_value": "true"} if base is bool else {}
+    return click.Option([*names, dest], default=None, metavar=metavar, help=help_text, **flag)
+
+
+def make_params(spec: Spec) -> list[click.Parameter]:
+    cls = spec.config
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params: list[click.Parameter] = []
+    for name in spec.arguments:
+        many = typing.get_origin(_base_type(hints[name])) is list
+        metavar = name.upper() + ("..." if many else "")
+        params.append(click.Argument([name], nargs=-1 if many else 1, required=False,
+                                     metavar=metavar))  # fmt: skip
+    params.append(click.Option(["--config", "config_file"], metavar="FILE.yaml", help=CONFIG_HELP))
+    for name, f in fields.items():
+        if name in spec.arguments or name in spec.hidden:
+            continue
+        aliases = [option_name(a) for a, field in spec.aliases.items() if field == name]
+        names = [spec.display(name), *aliases]
+        params.append(_option(names, name, hints[name], docs.get(name, ""), field_default(f)))
+    if spec.passthrough:
+        other = spec.passthrough[1]
+        other_docs = field_docs(other)
+        for f in spec.passthrough_fields:
+            doc = other_docs.get(f.name, "")
+            if f.name in spec.passthrough_notes:
+                doc += f"  [voxclass: {spec.passthrough_notes[f.name]}]"
+            option = _option([option_name(f.name)], f.name, f.type, doc, field_default(f))
+            option.passthrough = True  # listed in its own section of --help
+            params.append(option)
+    return params
+
+
+class ConfigCommand(click.Command):
+    """A command whose parameters come from a Spec, made on first use."""
+
+    def __init__(self, name: str, spec: Callable[[], Spec], run: Callable, help: str):
+        self._make_spec, self._spec, self._params = spec, None, None
+        self._run = run
+        super().__init__(name, help=help, callback=self._invoke, no_args_is_help=False)
+
+    @property
+    def spec(self) -> Spec:
+        if self._spec is None:
+            self._spec = self._make_spec()
+        return self._spec
+
+    @property
+    def params(self) -> list[click.Parameter]:  # type: ignore[override]
+        if self._params is None:
+            self._params = make_params(self.spec)
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value or None
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        spec = self.spec
+        docs = field_docs(spec.config)
+        if spec.arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl([(n.upper(), docs.get(n, "")) for n in spec.arguments])
+        options = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        own = [p.get_help_record(ctx) for p in options if not getattr(p, "passthrough", False)]
+        extra = [p.get_help_record(ctx) for p in options if getattr(p, "passthrough", False)]
+        with formatter.section("Options"):
+            formatter.write_dl([r for r in own if r])
+        if extra:
+            title = f"{spec.passthrough[1].__module__.split('.')[0]}.{spec.passthrough[1].__name__}"
+            with formatter.section(f"{title} options (over voxclass's choices)"):
+                formatter.write_dl([r for r in extra if r])
+
+    def _invoke(self, config_file: str | None, **values: Any) -> Any:
+        spec = self.spec
+        values = {
+            k: (list(v) or None) if isinstance(v, tuple) else v for k, v in values.items()
+        }
+        config = build_config(
+            spec.config,
+            Path(config_file) if config_file else None,
+            values,
+            option_names={n: spec.display(n) for n in spec.config.__dataclass_fields__},
+            passthrough=spec.passthrough,
+            required=spec.arguments,
+        )
+        return self._run(config)
+
+
+class Commands(click.Group):
+    """`voxclass --help` lists the commands in the order they are declared."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+app = Commands(
+    "voxclass",
     help="Train, evaluate, export and serve audio classifiers.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-console = Console()
-err_console = Console(stderr=True)
-USER_ERRORS: tuple[type[Exception], ...] = (AudioError, DataError, ModelError, ConfigError)
 
 
-def data_options(
-    source: str,
-    hub_config: str | None,
-    hub_split: str | None,
-    label_column: str,
-    test_size: float,
-    seed: int,
-    group_by: str | None,
-    group_pattern: str | None,
-    test_groups: str | None,
-    multi_label: bool = False,
-    label_separator: str = ";",
-    allow_outside_paths: bool = False,
-) -> DataConfig:
-    return DataConfig(
-        source=source,
-        hub_config=hub_config,
-        hub_split=hub_split,
-        label_column=label_column,
-        test_size=test_size,
-        seed=seed,
-        group_by=group_by,
-        group_pattern=group_pattern,
-        test_groups=[g for g in (test_groups or "").split(",") if g],
-        multi_label=multi_label,
-        label_separator=label_separator,
-        allow_outside_paths=allow_outside_paths,
-    )
+def command(name: str, spec: Callable[[], Spec]):
+    """Register `run(config)` as command `name`; its docstring is the command's help."""
+
+    def register(run: Callable) -> Callable:
+        app.add_command(ConfigCommand(name, spec, run, help=run.__doc__ or ""))
+        return run
+
+    return register
 
 
-ALLOW_OUTSIDE_HELP = "Let a manifest name audio outside its folder (../x.wav, /abs/x.wav)."
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
-@app.command()
-def synth(
-    out: Path = typer.Argument(
-        ..., help="Output folder (audiofolder with train/, validation/ and test/)."
-    ),
-    phrases: str = typer.Option(
-        "banking", help="Phrase file (YAML: labels, slots) or a shipped one: banking, digits."
-    ),
-    train_per_label: int = typer.Option(120, help="Training clips per label."),
-    validation_per_label: int = typer.Option(
-        10, help="Validation clips per label (training voices; picks the best epoch)."
-    ),
-    test_per_label: int = typer.Option(30, help="Test clips per label (unseen voices)."),
-    new_wording_per_label: int = typer.Option(
-        0, help="Clips per label in test_new_wording (held-out phrasings, unseen voices)."
-    ),
-    channel: str = typer.Option("telephone", help="telephone (300-3400 Hz), wideband or room."),
-    sampling_rate: int = typer.Option(8000, help="8000 or 16000 Hz."),
-    accents: str = typer.Option(
-        None, help="Comma-separated espeak-ng English accents (default: all of them)."
-    ),
-    variants: str = typer.Option(
-        None, help="Comma-separated espeak-ng voice variants (default: every human-like one)."
-    ),
-    test_voice_fraction: float = typer.Option(
-        0.25, help="Part of the variants kept for the test splits (0: none, no test clips)."
-    ),
-    seed: int = typer.Option(0, help="Same seed, same files."),
-) -> None:
+def _print(text: str, stderr: bool = False) -> None:
+    _console(stderr).print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def _synth_spec() -> Spec:
+    from .synth import SynthConfig
+
+    return Spec(SynthConfig, arguments=("out",))
+
+
+@command("synth", _synth_spec)
+def synth(config) -> None:
     """Generate spoken clips from text: each label's phrasings from a phrase file, said by
     espeak-ng's English voices (default: 14 MInDS-14-style banking intents, 8 kHz telephone)."""
     from rich.progress import Progress
 
-    from .synth import SynthConfig, synthesize
+    from .synth import synthesize
 
-    config = SynthConfig(
-        out=out,
-        phrases=phrases,
-        train_per_label=train_per_label,
-        validation_per_label=validation_per_label,
-        test_per_label=test_per_label,
-        new_wording_per_label=new_wording_per_label,
-        channel=channel,
-        sampling_rate=sampling_rate,
-        accents=[a for a in (accents or "").split(",") if a] or None,
-        variants=[v for v in (variants or "").split(",") if v] or None,
-        test_voice_fraction=test_voice_fraction,
-        seed=seed,
-    )
-    with Progress(console=err_console, transient=True) as progress:
+    with Progress(console=_console(stderr=True), transient=True) as progress:
         task = progress.add_task("synthesizing", total=config.clips)
         stats = synthesize(config, progress=lambda: progress.advance(task))
-    console.print(
-        f"wrote {stats['clips']} clips to {out} in {stats['seconds']:.1f} s "
+    _print(
+        f"wrote {stats['clips']} clips to {config.out} in {stats['seconds']:.1f} s "
         f"({stats['clips_per_second']:.0f} clips/s)"
     )
 
 
-@app.command()
-def inspect(
-    source: str = typer.Argument(..., help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
-    hub_config: str = typer.Option(None, help="Hub dataset configuration (e.g. en-US)."),
-    hub_split: str = typer.Option(None, help="Hub split to load."),
-    label_column: str = typer.Option("label", help="Label column (MInDS-14: intent_class)."),
-    test_size: float = typer.Option(0.2, help="Held-out fraction when there is no test split."),
-    seed: int = typer.Option(42, help="Seed of the held-out split."),
-    group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
-    group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
-    test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
-    max_seconds: float = typer.Option(
-        AudioLimits.max_seconds,
-        help="Clips longer than this are reported bad (training's limit by default).",
-    ),
-    multi_label: bool = typer.Option(
-        False, "--multi-label", help="Several labels per clip in a manifest cell (dog;siren)."
-    ),
-    label_separator: str = typer.Option(";", help="Separates a cell's labels (--multi-label)."),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
-    ),
-) -> None:
+def _inspect_spec() -> Spec:
+    from .data import InspectConfig
+
+    return Spec(InspectConfig, arguments=("source",))
+
+
+@command("inspect", _inspect_spec)
+def inspect(config) -> int:
     """Per-split class counts, durations, sample rates, channels; lists every file that
     training, evaluation or prediction would refuse (the same audio checks; clips shorter than
     the model's shortest input are padded with silence, not refused)."""
+    from rich.table import Table
+
+    from .audio import AudioLimits
     from .data import load_data, summarize
 
-    config = data_options(
-        source,
-        hub_config,
-        hub_split,
-        label_column,
-        test_size,
-        seed,
-        group_by,
-        group_pattern,
-        test_groups,
-        multi_label=multi_label,
-        label_separator=label_separator,
-        allow_outside_paths=allow_outside_paths,
-    )
-    summaries, bad = summarize(load_data(config), AudioLimits(max_seconds=max_seconds))
+    summaries, bad = summarize(load_data(config), AudioLimits(max_seconds=config.max_seconds))
     labels = list(next(iter(summaries.values())).class_counts)
-    table = Table(title=f"{source}")
+    table = Table(title=f"{config.source}")
     table.add_column("label")
     for name in summaries:
         table.add_column(name, justify="right")
@@ -200,112 +274,81 @@ def inspect(
     )
     if any(s.groups is not None for s in summaries.values()):
         table.add_row("groups", *(str(s.groups) for s in summaries.values()))
-    console.print(table)
+    _console().print(table)
     if bad:
-        err_console.print(f"[red]{len(bad)} bad file(s):[/red]")
+        _console(stderr=True).print(f"[red]{len(bad)} bad file(s):[/red]")
         for error in bad:
-            err_console.print(f"  {error}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+            _print(f"  {error}", stderr=True)
+        return 1
+    return 0
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(
-    ctx: typer.Context,
-    data: str = typer.Option(None, help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
-    model: str = typer.Option(None, help="Hub id, model dir, or preset (tiny, small, ...)."),
-    output: str = typer.Option(None, help="Final model directory."),
-    config: Path = typer.Option(None, help="YAML file of options (command line wins)."),
-    resume: bool = typer.Option(None, "--resume", help="Continue from the last checkpoint."),
-) -> None:
-    """Train a classifier. Any TrainConfig field is also an option: --epochs 5 --batch-size 8,
-    --group-pattern REGEX, --class-weights true, --multi-label true, --overwrite true, ... (see
-    docs: voxclass/train.py TrainConfig). Ctrl-C keeps the checkpoints: exit code 130."""
+def _train_spec() -> Spec:
+    from transformers import TrainingArguments
+
+    from .train import (
+        TRAINER_ALIASES,
+        TRAINER_DEFAULTS,
+        TRAINER_DERIVED,
+        TrainConfig,
+        trainer_fields,
+    )
+
+    notes = {k: str(v).lower() if isinstance(v, bool) else str(v)
+             for k, v in TRAINER_DEFAULTS.items()}  # fmt: skip
+    return Spec(
+        TrainConfig,
+        names={"source": "--data"},
+        aliases=TRAINER_ALIASES,
+        hidden=("training_args",),
+        passthrough=("training_args", TrainingArguments),
+        passthrough_fields=trainer_fields(),
+        passthrough_notes={**notes, **TRAINER_DERIVED},
+    )
+
+
+@command("train", _train_spec)
+def train(config) -> int:
+    """Train a classifier: --data SOURCE --model MODEL --output DIR, and any option below.
+    Every transformers.TrainingArguments field is an option too (--bf16 true, --report-to
+    tensorboard, ...), over voxclass's own choices. Ctrl-C keeps the checkpoints: exit code 130,
+    continue with the same command and --resume."""
+    from .model import require_torch
+
     require_torch("training")
-    from .config import build_config, parse_overrides
-    from .train import TrainConfig, interrupted_message
+    from .train import interrupted_message
     from .train import train as run_training
 
-    values = {
-        "source": data,
-        "model": model,
-        "output": output,
-        "resume": resume,
-        **parse_overrides(ctx.args),
-    }
-    settings = build_config(TrainConfig, config, values, option_names={"source": "data"})
-    if not settings.source:
-        raise ConfigError("--data is required (on the command line or as `source:` in --config)")
     try:
-        out = run_training(settings)
+        out = run_training(config)
     except KeyboardInterrupt:
-        err_console.print(interrupted_message(settings), highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    console.print(f"model written to {out}")
+        _print(interrupted_message(config), stderr=True)
+        return 130
+    _print(f"model written to {out}")
+    return 0
 
 
-@app.command()
-def evaluate(
-    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
-    data: str = typer.Option(..., help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
-    split: str = typer.Option("test", help="Split to score."),
-    out: str = typer.Option("eval", help="Folder for report.json/.md, errors.csv, confusion.png."),
-    batch_size: int = typer.Option(16, help="Clips per forward pass."),
-    hub_config: str = typer.Option(None, help="Hub dataset configuration (e.g. en-US)."),
-    hub_split: str = typer.Option(None, help="Hub split to load."),
-    label_column: str = typer.Option("label", help="Label column (MInDS-14: intent_class)."),
-    test_size: float = typer.Option(0.2, help="Held-out fraction when there is no test split."),
-    seed: int = typer.Option(
-        42, help="Seed of the held-out split (use the training one) and of the --snr noise."
-    ),
-    group_by: str = typer.Option(None, help="Column naming groups (e.g. speaker)."),
-    group_pattern: str = typer.Option(None, help="Regex with (?P<group>...) on file names."),
-    test_groups: str = typer.Option(None, help="Comma-separated groups to hold out as test."),
-    snr: str = typer.Option(
-        None, help="Also score with noise mixed in at these SNRs (dB), e.g. 30,24,18,12,6,0."
-    ),
-    noise: str = typer.Option(
-        "white", help="Noises for --snr, comma-separated: white, pink, babble, a file or folder."
-    ),
-    label_separator: str = typer.Option(
-        ";", help="Separates a manifest cell's labels for a multi-label model."
-    ),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
-    ),
-) -> None:
+def _evaluate_spec() -> Spec:
+    from .evaluate import EvalConfig
+
+    return Spec(EvalConfig, arguments=("model",), names={"source": "--data"})
+
+
+@command("evaluate", _evaluate_spec)
+def evaluate(config) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and every misclassified clip;
     with --snr, accuracy under noise per SNR (report.json `noise`, snr.png)."""
     from rich.progress import Progress
+    from rich.table import Table
 
-    from .evaluate import EvalConfig, absent_note, parse_snr
+    from .evaluate import absent_note
     from .evaluate import evaluate as run_evaluation
 
-    base = data_options(
-        data,
-        hub_config,
-        hub_split,
-        label_column,
-        test_size,
-        seed,
-        group_by,
-        group_pattern,
-        test_groups,
-        label_separator=label_separator,
-        allow_outside_paths=allow_outside_paths,
-    )
-    config = EvalConfig(
-        **vars(base),
-        model=model,
-        split=split,
-        out=out,
-        batch_size=batch_size,
-        snr=parse_snr(snr) if snr is not None else None,
-        noise=[n for n in noise.split(",") if n],
-    )
-    with Progress(console=err_console, transient=True) as progress:
+    console = _console()
+    with Progress(console=_console(stderr=True), transient=True) as progress:
         task = progress.add_task("decoding", total=None)
         report = run_evaluation(config, progress=lambda: progress.advance(task))
-    table = Table(title=f"{model} on {data} [{split}]")
+    table = Table(title=f"{config.model} on {config.source} [{config.split}]")
     for column in ("label", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "label" else "right")
     for label, m in report["per_class"].items():
@@ -319,12 +362,10 @@ def evaluate(
     console.print(table)
     console.print(
         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
-        f"({report['errors']} of {report['clips']} misclassified) -> {out}/"
+        f"({report['errors']} of {report['clips']} misclassified) -> {config.out}/"
     )
     if report["absent_labels"]:
-        console.print(
-            absent_note(report).removeprefix("- "), highlight=False, markup=False, soft_wrap=True
-        )
+        _print(absent_note(report).removeprefix("- "))
     if "noise" in report:
         curves = report["noise"]["curves"]
         table = Table(title="accuracy under noise")
@@ -336,81 +377,115 @@ def evaluate(
         console.print(table)
 
 
-@app.command()
-def predict(
-    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
-    inputs: list[str] = typer.Argument(..., help="Audio files, folders, or CSV/JSONL manifests."),
-    top_k: int = typer.Option(5, help="Labels per clip."),
-    batch_size: int = typer.Option(16, help="Clips per forward pass."),
-    output_format: str = typer.Option("table", "--format", help="table, json or csv."),
-    out: Path = typer.Option(None, help="Write the results here instead of the terminal."),
-    window: float = typer.Option(None, help="Window seconds for long audio (default: model max)."),
-    hop: float = typer.Option(None, help="Hop seconds between windows (default: window / 2)."),
-    allow_outside_paths: bool = typer.Option(
-        False, "--allow-outside-paths", help=ALLOW_OUTSIDE_HELP
-    ),
-    engine: str = typer.Option(
-        None,
-        help="plain (one file or the terminal); shards or ray (resumable Parquet shards in "
-        "--out DIR). Default: shards under torchrun, else plain.",
-    ),
-    address: str = typer.Option(None, help="Ray cluster: auto or ray://HOST:PORT (default local)."),
-    workers: int = typer.Option(1, help="Ray actors, each with its own copy of the model."),
-    chunk_size: int = typer.Option(500, help="Inputs per shard: the unit of resuming."),
-) -> None:
+def _predict_spec() -> Spec:
+    from .predict import PredictConfig
+
+    return Spec(PredictConfig, arguments=("model", "inputs"))
+
+
+@command("predict", _predict_spec)
+def predict(config) -> int:
     """Classify audio. Exit code: 0 all inputs classified, 1 some inputs failed (error rows),
     2 bad usage, model or data."""
-    from .classifier import Classifier
-    from .config import write_atomic
-    from .predict import expand_inputs, render, run
-    from .scale import ENGINES, default_engine, run_engine
+    from .predict import ENGINES, default_engine
 
-    if (engine := engine or default_engine()) not in ENGINES:
+    if (engine := config.engine or default_engine()) not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose {', '.join(ENGINES)}")
+    out = config.out
     if engine != "plain":
-        if allow_outside_paths:
+        from .scale import run_engine
+
+        if config.allow_outside_paths:
             raise ConfigError(
                 f"--allow-outside-paths works with the plain engine only, not --engine {engine}"
             )
-        args = (top_k, batch_size, chunk_size, window, hop, workers, address)
-        if summary := run_engine(engine, model, inputs, out, *args):
-            err_console.print(f"{summary.rows} rows ({summary.errors} errors) in {out}")
-            # torchrun would read exit 1 as a crashed rank; its error rows speak for themselves
-            if summary.errors and default_engine() == "plain":
-                raise typer.Exit(1)
-        return
+        args = (config.top_k, config.batch_size, config.chunk_size, config.window, config.hop)
+        summary = run_engine(engine, config.model, config.inputs, out, *args,
+                             config.workers, config.address)  # fmt: skip
+        if summary is None:
+            return 0
+        _print(f"{summary.rows} rows ({summary.errors} errors) in {out}", stderr=True)
+        # torchrun would read exit 1 as a crashed rank; its error rows speak for themselves
+        return 1 if summary.errors and default_engine() == "plain" else 0
+    from .audio import AudioError
+    from .classifier import Classifier
+    from .config import check_output_file, write_atomic
+    from .predict import expand_inputs, render, run
+
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; shards need --engine shards or ray")
-    if output_format not in ("table", "json", "csv"):
-        raise ConfigError(f"--format {output_format!r}: choose table, json or csv")
+    if config.format not in ("table", "json", "csv"):
+        raise ConfigError(f"--format {config.format!r}: choose table, json or csv")
     if out is not None:
         check_output_file(out, "--out")
     # A missing input or a bad manifest fails before the model loads.
-    paths = expand_inputs(inputs, allow_outside_paths)
-    clf = Classifier.load(model)
-    results = run(clf, paths, top_k, batch_size, window, hop)
+    paths = expand_inputs(config.inputs, config.allow_outside_paths)
+    clf = Classifier.load(config.model)
+    results = run(clf, paths, config.top_k, config.batch_size, config.window, config.hop)
     failed = sum(isinstance(r, AudioError) for r in results)
-    text = render(results, output_format)
+    text = render(results, config.format)
     if out is None:
-        console.print(text, highlight=False, markup=False, soft_wrap=True)
+        _print(text)
     else:
         write_atomic(out, text)
     if failed:
-        err_console.print(f"{failed} of {len(results)} input(s) failed (see error rows)")
-        raise typer.Exit(1)
+        _print(f"{failed} of {len(results)} input(s) failed (see error rows)", stderr=True)
+        return 1
+    return 0
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def demo(ctx: typer.Context) -> None:
+def _export_spec() -> Spec:
+    from .export import ExportConfig
+
+    return Spec(ExportConfig, arguments=("model",))
+
+
+@command("export", _export_spec)
+def export(config) -> None:
+    """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
+    from .export import export as run_export
+
+    report = run_export(config.model, config.out, int8=config.int8)
+    _print(
+        f"exported {report.path} ({'int8' if report.int8 else 'fp32'}, "
+        f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
+        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips"
+    )
+
+
+def _serve_spec() -> Spec:
+    from .serve import ServeConfig
+
+    return Spec(ServeConfig, arguments=("model",))
+
+
+@command("serve", _serve_spec)
+def serve(config) -> None:
+    """HTTP API (/v1/classify, /v1/model, /health, /docs) and a web page at / to try the model."""
+    from .serve import serve as run_server
+
+    if config.token is None:  # an empty VOXCLASS_TOKEN is refused by serve, never "no auth"
+        config.token = os.environ.get("VOXCLASS_TOKEN")
+    run_server(**dataclasses.asdict(config))
+
+
+def _demo_spec() -> Spec:
+    from .demo import DemoConfig
+
+    return Spec(DemoConfig)
+
+
+@command("demo", _demo_spec)
+def demo(config) -> None:
     """The whole loop offline: synthesize spoken banking requests, train the tiny preset,
-    evaluate on unseen voices, classify a few clips. Any DemoConfig field is an option, with
-    DemoConfig's default: --output DIR, --time-budget-minutes, --seed, --train-per-intent,
-    --epochs, ... (see docs: voxclass/demo.py DemoConfig)."""
-    require_torch("the demo (it trains a model)")
-    from .config import build_config, parse_overrides
-    from .demo import DemoConfig, run_demo
+    evaluate on unseen voices, classify a few clips."""
+    from rich.table import Table
 
-    config = build_config(DemoConfig, None, parse_overrides(ctx.args))
+    from .demo import run_demo
+    from .model import require_torch
+
+    require_torch("the demo (it trains a model)")
+    err_console = _console(stderr=True)
     result = run_demo(config, log=lambda m: err_console.print(f"[bold]>[/] {m}"))
     table = Table(title="a few unseen-voice test clips")
     for column in ("clip", "true intent", "predicted (score)"):
@@ -418,6 +493,7 @@ def demo(ctx: typer.Context) -> None:
     for p in result["predictions"]:
         path = Path(p.source)
         table.add_row(path.name, path.parent.name, f"{p.labels[0]} ({p.scores[0]:.2f})")
+    console = _console()
     console.print(table)
     report, new_wording = result["report"], result["new_wording_report"]
     console.print(
@@ -431,108 +507,94 @@ def demo(ctx: typer.Context) -> None:
     )
 
 
-@app.command()
-def export(
-    model: str = typer.Argument(..., help="Trained model directory (any transformers one)."),
-    out: Path = typer.Option(..., help="New folder for model.onnx, config and extractor."),
-    int8: bool = typer.Option(False, help="Dynamic int8 quantization of the weights."),
-) -> None:
-    """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
-    from .export import export as run_export
-
-    report = run_export(model, out, int8=int8)
-    console.print(
-        f"exported {report.path} ({'int8' if report.int8 else 'fp32'}, "
-        f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
-        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips"
-    )
+# ---------------------------------------------------------------------------------- the entry
 
 
-@app.command()
-def serve(
-    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it to all)."),
-    port: int = typer.Option(8000, help="TCP port."),
-    max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload (413 above)."),
-    token: str = typer.Option(
-        None, envvar="VOXCLASS_TOKEN", help="Require 'Authorization: Bearer TOKEN' on /v1/."
-    ),
-    max_audio_seconds: float = typer.Option(
-        None,
-        help="Longest accepted upload in seconds, checked from its header (422 above). "
-        "Default: 10 of the model's windows, at least 60.",
-    ),
-    max_sample_rate: int = typer.Option(
-        48000, help="Highest accepted upload sample rate in Hz (422 above)."
-    ),
-    allowed_hosts: str = typer.Option(
-        None,
-        help="Comma-separated Host header values answered (400 otherwise; '*' for any). "
-        "Default: localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0.",
-    ),
-) -> None:
-    """HTTP API (/v1/classify, /v1/model, /health, /docs) and a web page at / to try the model."""
-    from .serve import serve as run_server
+def user_errors() -> tuple[type[Exception], ...]:
+    """The library's error types (imported once an error happened: a command's module has
+    loaded them by then)."""
+    from .audio import AudioError
+    from .data import DataError
+    from .model import ModelError
 
-    if token is None:  # click reads an empty VOXCLASS_TOKEN as unset; it must not mean no auth
-        token = os.environ.get("VOXCLASS_TOKEN")
-    run_server(
-        model,
-        host=host,
-        port=port,
-        max_upload_mb=max_upload_mb,
-        token=token,
-        max_audio_seconds=max_audio_seconds,
-        max_sample_rate=max_sample_rate,
-        allowed_hosts=None if allowed_hosts is None else allowed_hosts.replace(" ", "").split(","),
-    )
+    return AudioError, DataError, ModelError, ConfigError
 
 
-@app.command()
-def stream(
-    model: str = typer.Argument(..., help="Trained (or exported) model directory."),
-    source: str = typer.Argument("-", help="Audio file, or - for raw mono PCM on stdin."),
-    realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own pace."),
-    rate: int = typer.Option(None, help="stdin only: sample rate in Hz (default 16000)."),
-    sample_format: str = typer.Option(
-        None, "--format", help="stdin only: pcm16 or f32, little-endian (default pcm16)."
-    ),
-    hop: float = typer.Option(0.5, help="Seconds of audio between hop events."),
-    top_k: int = typer.Option(5, help="Labels per event."),
-) -> None:
+def _stream_spec() -> Spec:
+    from .stream import StreamConfig
+
+    return Spec(StreamConfig, arguments=("model", "source"))
+
+
+@command("stream", _stream_spec)
+def stream(config) -> None:
     """Classify audio as it is spoken: hop, segment and end events as JSON lines."""
     from .stream import print_events
 
-    print_events(model, source, realtime, rate, sample_format, hop, top_k)
+    print_events(
+        config.model,
+        config.source,
+        config.realtime,
+        config.rate,
+        config.format,
+        config.hop,
+        config.top_k,
+    )
 
 
-def main() -> None:
+QUIET = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars and errors speak; datasets' casting and transformers'
+    weight-loading bars and warnings (a model that does not fit its config is our one-line
+    ModelError) are noise, and would push an error off its one line. The environment tells the
+    libraries a command imports (importing them here would slow every command down); the ones
+    already imported (a caller's, in-process) are told directly. An explicit setting wins."""
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+    if "datasets" in sys.modules:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import disable_progress_bar as quiet_transformers
+        from transformers.utils.logging import set_verbosity_error
+
+        quiet_transformers()
+        set_verbosity_error()
+
+
+def _unknown_option(err: click.NoSuchOption) -> str:
+    name = err.option_name.lstrip("-").replace("-", "_")
+    close = f"; did you mean {', '.join(err.possibilities)}?" if err.possibilities else ""
+    return f"unknown option(s) {name}{close}"
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors, usage errors included, are one line on stderr
     (`error: ...`) and exit code 2; a command's own exit code (predict: 1) passes through."""
-    from datasets.utils.logging import disable_progress_bar
-    from transformers.utils.logging import disable_progress_bar as quiet_transformers
-    from transformers.utils.logging import set_verbosity_error
-
-    # Our own progress bars and errors speak; datasets' casting and transformers'
-    # weight-loading bars and warnings (a model that does not fit its config is our one-line
-    # ModelError) are noise, and would push an error off its one line.
-    disable_progress_bar()
-    quiet_transformers()
-    set_verbosity_error()
+    quiet_libraries()
     try:
-        code = app(standalone_mode=False)
-    except NoArgsIsHelpError as err:
+        code = app.main(argv, prog_name="voxclass", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
         err.show()
         sys.exit(err.exit_code)
-    except ClickException as err:  # a bad option: one line, not a framed box
+    except click.ClickException as err:  # a bad option: one line, not a framed box
         where = f"{err.ctx.command_path} --help" if getattr(err, "ctx", None) else "--help"
-        message = f"error: {err.format_message()} (see {where})"
-        err_console.print(message, highlight=False, markup=False, soft_wrap=True)
+        text = _unknown_option(err) if isinstance(err, click.NoSuchOption) else err.format_message()
+        _print(f"error: {text} (see {where})", stderr=True)
         sys.exit(err.exit_code)
-    except typer.Abort:
-        err_console.print("Aborted!")
+    except click.Abort:
+        _print("Aborted!", stderr=True)
         sys.exit(1)
-    except USER_ERRORS as err:
-        err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise
+        _print(f"error: {err}", stderr=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

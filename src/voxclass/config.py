@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
 import os
 import re
 import shutil
+import textwrap
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +32,13 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lists and (isinstance(value, list) or (isinstance(value, str) and "," in value)):
+            return _convert(name, value, lists[0])  # `str | list[str]`: a,b is a list
         return _convert(name, value, args[0])
     if origin is list:
-        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v]
+        items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",")]
+        items = [v for v in items if v != ""]
         return [_convert(name, v, args[0]) for v in items]
     try:
         if annotation is bool:
@@ -38,7 +47,7 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
-        if annotation in (int, float, str):
+        if annotation in (int, float, str, Path):
             return annotation(value)
     except (TypeError, ValueError):
         raise ConfigError(
@@ -68,37 +77,108 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's help: the docstring written under it (base classes' fields included), else
+    its `metadata["help"]`, the convention of transformers' dataclasses (HfArgumentParser)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or not klass.__module__.startswith("voxclass"):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    for f in dataclasses.fields(cls):
+        if f.name not in docs and f.metadata.get("help"):
+            docs[f.name] = " ".join(str(f.metadata["help"]).split())
+    return docs
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (MISSING when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def option_name(name: str) -> str:
+    """The command-line spelling of a field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def build_config(
     cls: type[T],
     yaml_file: Path | None,
     values: dict[str, Any],
     option_names: dict[str, str] | None = None,
+    passthrough: tuple[str, type] | None = None,
+    required: tuple[str, ...] = (),
 ) -> T:
     """Defaults <- YAML file <- command line; unknown keys are errors that list the known ones,
     and a field without a default that neither gives is an error naming its option
-    (`option_names` maps a field to its option where they differ, e.g. source -> data)."""
+    (`option_names` maps a field to its option where they differ, e.g. source -> --data).
+
+    A field may carry `metadata={"parse": f}`: f turns a text value (command line) into the
+    field's value, with its own error message. `passthrough` = (field, dataclass): keys that
+    are fields of that other dataclass (and not of `cls`) are collected, converted to their
+    types, into the dict `field`; e.g. every transformers.TrainingArguments field for train.
+    `required`: fields that must be given although they have a default (positional arguments)."""
     merged: dict[str, Any] = {}
     if yaml_file is not None:
         try:
-            merged.update(yaml.safe_load(Path(yaml_file).read_text()) or {})
+            loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{yaml_file}: cannot read the config file ({err})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_file}: expected `key: value` lines, not {loaded!r}")
+        merged.update(loaded)
     merged.update({k: v for k, v in values.items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(merged) - names)
+    if passthrough is not None:
+        into, other = passthrough
+        other_hints = {f.name: f.type for f in dataclasses.fields(other)}
+        extra = dict(merged.get(into) or {})
+        for key in [k for k in merged if k not in fields and k in other_hints]:
+            extra[key] = merged.pop(key)
+        for key, value in extra.items():
+            if key not in other_hints:
+                raise ConfigError(f"{into}: {key!r} is not a field of {other.__name__}")
+            hint = other_hints[key]
+            text = isinstance(value, str) and "," not in value
+            if text and str in (hint, *typing.get_args(hint)):
+                continue  # its own class reads text (report_to: "none" is not None)
+            extra[key] = _convert(key, value, hint if not isinstance(hint, str) else Any)
+        merged[into] = extra
+    unknown = sorted(set(merged) - set(fields))
     if unknown:
+        close = {c for u in unknown for c in difflib.get_close_matches(u, fields, n=1)}
+        also = f" and every {passthrough[1].__name__} field" if passthrough else ""
         raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}{also}"
+            + (f"; did you mean {', '.join(sorted(close))}?" if close else "")
         )
-    for f in dataclasses.fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and merged.get(f.name) is None:
-            option = (option_names or {}).get(f.name, f.name).replace("_", "-")
+    for f in fields.values():
+        needed = f.name in required or field_default(f) is dataclasses.MISSING
+        if needed and merged.get(f.name) is None:
+            option = (option_names or {}).get(f.name, option_name(f.name))
             raise ConfigError(
-                f"--{option} is required (on the command line or as `{f.name}:` in --config)"
+                f"{option} is required (on the command line or as `{f.name}:` in --config)"
             )
-    return cls(**{k: _convert(k, v, hints[k]) for k, v in merged.items()})
+    converted = {}
+    for key, value in merged.items():
+        parse: Callable | None = fields[key].metadata.get("parse")
+        if parse is not None and isinstance(value, str):
+            converted[key] = parse(value)
+        else:
+            converted[key] = _convert(key, value, hints[key])
+    return cls(**converted)
 
 
 def check_output_file(path: Path, option: str) -> None:

@@ -23,23 +23,23 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import (
-    Audio,
-    ClassLabel,
-    Dataset,
-    DatasetDict,
-    Features,
-    List,
-    Value,
-    load_dataset,
-)
 
 from .audio import AudioError, AudioLimits, decode, is_audio_path
 
-# datasets' Audio feature encodes through torchcodec; build the column as a plain struct and cast.
-AUDIO_STRUCT = {"bytes": Value("binary"), "path": Value("string")}
+if TYPE_CHECKING:  # datasets is imported where a dataset is made: `voxclass --help` and
+    # predict's manifest reading do without it
+    from datasets import Dataset, DatasetDict
+
+
+def audio_struct() -> dict:
+    """datasets' Audio feature encodes through torchcodec; the audio column is built as this
+    plain struct and cast."""
+    from datasets import Value
+
+    return {"bytes": Value("binary"), "path": Value("string")}
 
 # test_new_wording: the second test split of `voxclass synth` (phrasings never used in training)
 SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval", "test_new_wording"}
@@ -67,7 +67,8 @@ class DataConfig:
     test_size: float = 0.2
     """Fraction held out for test when the source has no test split."""
     seed: int = 42
-    """Seed of the held-out split."""
+    """Seed of the held-out split (evaluate: give training's); train also seeds its run with
+    it, evaluate its --snr noise."""
     group_by: str | None = None
     """Manifest/metadata column naming a group (e.g. `speaker`) that never straddles splits."""
     group_pattern: str | None = None
@@ -83,6 +84,14 @@ class DataConfig:
     allow_outside_paths: bool = False
     """Let a manifest name audio outside its own folder (`../x.wav`, absolute paths); off by
     default, so a manifest from elsewhere cannot make voxclass read any file on the machine."""
+
+
+@dataclass
+class InspectConfig(DataConfig):
+    """What `voxclass inspect` looks at; the data fields come from DataConfig."""
+
+    max_seconds: float = AudioLimits.max_seconds
+    """Clips longer than this are reported bad (training's limit by default)."""
 
 
 # ---------------------------------------------------------------- reading each kind of source
@@ -231,6 +240,7 @@ def load_hub(config: DataConfig) -> DatasetDict:
     Parquet conversion instead, same config and split names, with one line on stderr saying so.
     Every failure is a one-line DataError saying which of: no network, unknown dataset, unknown
     config or split, gated or private dataset (log in), missing column."""
+    from datasets import Dataset, DatasetDict, load_dataset
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # one clear error below instead of a page of retries
@@ -253,6 +263,7 @@ def load_hub(config: DataConfig) -> DatasetDict:
 def _load_parquet_conversion(config: DataConfig) -> DatasetDict:
     """The splits of `config.hub_config` from the Parquet conversion of a script dataset."""
     import fsspec
+    from datasets import load_dataset
 
     root = PARQUET_CONVERSION.format(name=config.source)
     fs, base = fsspec.core.url_to_fs(root)
@@ -340,6 +351,8 @@ def _hub_error(err: Exception, config: DataConfig) -> DataError:
 
 def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:
     """Bring a Hub split to our shape: undecoded `audio`, string labels (ids sorted later)."""
+    from datasets import Audio, ClassLabel
+
     for column in (config.audio_column, config.label_column):
         if column not in ds.column_names:
             raise DataError(
@@ -405,7 +418,9 @@ def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
 def _dataset(columns: dict[str, list]) -> Dataset:
     """Columns (audio dicts, string labels or label lists, optional string groups) -> Dataset,
     Audio undecoded."""
-    features = Features({k: AUDIO_STRUCT if k == "audio" else Value("string") for k in columns})
+    from datasets import Audio, Dataset, Features, List, Value
+
+    features = Features({k: audio_struct() if k == "audio" else Value("string") for k in columns})
     if columns["label"] and isinstance(columns["label"][0], list):  # multi-label
         features["label"] = List(Value("string"))
     ds = Dataset.from_dict(columns, features=features)
@@ -414,11 +429,15 @@ def _dataset(columns: dict[str, list]) -> Dataset:
 
 def is_multi_label(ds: Dataset) -> bool:
     """Whether the split holds several labels per clip (`List(ClassLabel)`)."""
+    from datasets import List
+
     return isinstance(ds.features["label"], List)
 
 
 def label_names(ds: Dataset) -> list[str]:
     """The sorted label names, whether one label per clip or several."""
+    from datasets import List
+
     feature = ds.features["label"]
     return (feature.feature if isinstance(feature, List) else feature).names
 
@@ -430,6 +449,8 @@ def _label_values(ds: Dataset) -> list[str]:
 
 
 def _with_sorted_labels(dd: DatasetDict, names: list[str] | None = None) -> DatasetDict:
+    from datasets import ClassLabel, DatasetDict, List
+
     names = names or sorted({label for split in dd.values() for label in _label_values(split)})
     label = ClassLabel(names=names)
     return DatasetDict(
@@ -442,6 +463,8 @@ def _with_sorted_labels(dd: DatasetDict, names: list[str] | None = None) -> Data
 
 def read_source(config: DataConfig) -> DatasetDict:
     """Read any source into splits with string labels (before label ids and test split)."""
+    from datasets import DatasetDict
+
     path = Path(config.source)
     if path.is_dir():
         if config.multi_label:
@@ -475,6 +498,8 @@ def split_train_test(ds: Dataset, config: DataConfig) -> DatasetDict:
 
     Label sets (multi-label) cannot be stratified: their split is seeded random, by group when
     the data has groups."""
+    from datasets import DatasetDict
+
     multi = is_multi_label(ds)
     if "group" not in ds.column_names and multi:
         return ds.train_test_split(test_size=config.test_size, seed=config.seed)

@@ -22,27 +22,6 @@ from .metrics import THRESHOLD, labels_above_threshold, score
 from .noise import Noise, mix_at_snr, power
 
 
-@dataclass
-class EvalConfig(DataConfig):
-    """What `voxclass evaluate` scores; the data fields come from DataConfig."""
-
-    model: str = "model"
-    """Trained model directory (or exported ONNX directory)."""
-    split: str = "test"
-    """Split of the data to score."""
-    out: str = "eval"
-    """Folder for report.json, report.md, errors.csv, confusion.png (and snr.png with `snr`)."""
-    batch_size: int = 16
-    """Clips per forward pass."""
-    snr: list[float] | None = None
-    """SNRs (dB) at which each noise is mixed into every clip (power-based over the clip, see
-    `noise.mix_at_snr`) and the clips scored again; None: clean evaluation only. The noise is
-    drawn from `seed`, so the same seed gives the same noisy clips."""
-    noise: list[str] = field(default_factory=lambda: ["white"])
-    """Noises for `snr`, one line each on snr.png: white, pink, babble (other clips of the same
-    split), or a noise recording / folder of recordings."""
-
-
 def parse_snr(text: str) -> list[float]:
     """`"30,20,10,0,-5"` -> [30.0, 20.0, 10.0, 0.0, -5.0]; ConfigError naming a bad item."""
     values = []
@@ -58,6 +37,27 @@ def parse_snr(text: str) -> list[float]:
             )
         values.append(value)
     return values
+
+
+@dataclass
+class EvalConfig(DataConfig):
+    """What `voxclass evaluate` scores; the data fields come from DataConfig."""
+
+    model: str = "model"
+    """Trained model directory (or exported ONNX directory)."""
+    split: str = "test"
+    """Split of the data to score."""
+    out: str = "eval"
+    """Folder for report.json, report.md, errors.csv, confusion.png (and snr.png with `snr`)."""
+    batch_size: int = 16
+    """Clips per forward pass."""
+    snr: list[float] | None = field(default=None, metadata={"parse": parse_snr})
+    """SNRs (dB) at which each noise is mixed into every clip (power-based over the clip, see
+    `noise.mix_at_snr`) and the clips scored again; None: clean evaluation only. The noise is
+    drawn from `seed`, so the same seed gives the same noisy clips."""
+    noise: list[str] = field(default_factory=lambda: ["white"])
+    """Noises for `snr`, one line each on snr.png: white, pink, babble (other clips of the same
+    split), or a noise recording / folder of recordings."""
 
 
 def load_clips(clf: Classifier, ds, progress: Callable | None = None) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import extractors
 from .config import publish_folder, recover_interrupted_write, staging_folder
 from .features import extract_one, pad_batch
 from .model import ModelError, labels_hint, load_trained, require_torch
@@ -26,6 +27,18 @@ from .model import ModelError, labels_hint, load_trained, require_torch
 ONNX_FILE = "model.onnx"
 OPSET = 17
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+@dataclass
+class ExportConfig:
+    """What `voxclass export` writes."""
+
+    model: str
+    """Trained model directory (any transformers audio-classification one)."""
+    out: Path
+    """New folder for model.onnx, config and extractor."""
+    int8: bool = False
+    """Dynamic int8 quantization of the weights (checked for top-1 agreement with torch)."""
 
 
 @dataclass
@@ -45,11 +58,14 @@ class ExportReport:
 class OnnxModel:
     """An exported graph run by onnxruntime: feature lists in, logits out. No torch needed."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, config: Any = None):
         import onnxruntime as ort
-        from transformers import AutoConfig
 
-        self.config = AutoConfig.from_pretrained(path)
+        if config is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+        self.config = config
         try:
             self.session = ort.InferenceSession(
                 str(Path(path) / ONNX_FILE), providers=["CPUExecutionProvider"]
@@ -77,7 +93,11 @@ class OnnxModel:
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxModel, Any]:
-    """An exported directory's graph and the feature extractor saved beside it."""
+    """An exported directory's graph and the feature extractor saved beside it: in numpy
+    (`extractors`) when the export checked that it matches, else through transformers."""
+    if (plain := extractors.load(path)) is not None:
+        config, extractor = plain
+        return OnnxModel(path, config), extractor
     from transformers import AutoFeatureExtractor
 
     try:
@@ -193,6 +213,7 @@ def export(
             _quantize(tmp / ONNX_FILE)
         extractor.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
+        extractors.save(extractor, tmp, clips)
         onnx = OnnxModel(tmp)
         diff, agreement = _compare(model, onnx, extractor, clips, rate)
         report = ExportReport(

@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-
 from .presets import PRESETS, preset_config
 
 DEFAULT_MAX_SECONDS = 10.0
@@ -40,6 +38,8 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
     `name_or_path`: a preset name (random init), a local directory or a Hub id (pretrained).
     """
     require_torch(f"building a model from {name_or_path}")
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
     if name_or_path in PRESETS:
         config, extractor = preset_config(name_or_path)
         for key, value in {**label_maps(labels), **config_overrides}.items():
@@ -66,6 +66,8 @@ def load_trained(path: str | Path):
         f"{path} is a torch model directory: running it",
         "run its ONNX export instead (`voxclass export` on a machine with torch)",
     )
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
     try:
         extractor = AutoFeatureExtractor.from_pretrained(path)
         model = AutoModelForAudioClassification.from_pretrained(path)

@@ -12,11 +12,53 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS, AudioError, AudioLimits, is_audio_path, load_many
 from .classifier import Classifier, Prediction
 from .data import MANIFEST_SUFFIXES, DataError, iter_manifest, manifest_audio_path
+
+ENGINES = ("plain", "shards", "ray")
+
+
+@dataclass
+class PredictConfig:
+    """What `voxclass predict` classifies, and how."""
+
+    model: str
+    """Trained (or exported) model directory."""
+    inputs: list[str]
+    """Audio files, folders, or CSV/JSONL manifests."""
+    top_k: int = 5
+    """Labels per clip (above the label count: every label)."""
+    batch_size: int = 16
+    """Clips per forward pass."""
+    format: str = "table"
+    """table, json or csv."""
+    out: Path | None = None
+    """Write the results to this file instead of the terminal (with --engine shards or ray: a
+    folder of Parquet shards)."""
+    window: float | None = None
+    """Window seconds for long audio (default: the model's max duration)."""
+    hop: float | None = None
+    """Hop seconds between windows (default: window / 2)."""
+    allow_outside_paths: bool = False
+    """Let a manifest name audio outside its own folder (`../x.wav`, absolute paths)."""
+    engine: str | None = None
+    """plain (one file or the terminal); shards or ray (resumable Parquet shards in --out DIR).
+    Default: shards under torchrun, else plain."""
+    address: str | None = None
+    """Ray cluster: auto or ray://HOST:PORT (default: a local one)."""
+    workers: int = 1
+    """Ray actors, each with its own copy of the model."""
+    chunk_size: int = 500
+    """Inputs per shard: the unit of resuming."""
+
+
+def default_engine() -> str:
+    """`shards` under torchrun (WORLD_SIZE > 1: each rank writes its part), else `plain`."""
+    return "shards" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "plain"
 
 
 def expand_inputs(inputs: list[str], allow_outside_paths: bool = False) -> list[str]:

@@ -9,17 +9,13 @@ log-mel + convolution learned far faster from scratch than raw-waveform wav2vec2
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from transformers import (
-    PretrainedConfig,
-    SeamlessM4TFeatureExtractor,
-    Wav2Vec2BertConfig,
-    Wav2Vec2Config,
-    Wav2Vec2FeatureExtractor,
-)
-from transformers.feature_extraction_utils import FeatureExtractionMixin
+if TYPE_CHECKING:  # transformers is imported when a preset is built, not with the names
+    from transformers import PretrainedConfig
+    from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-ModelSpec = tuple[PretrainedConfig, FeatureExtractionMixin]
+    ModelSpec = tuple[PretrainedConfig, FeatureExtractionMixin]
 
 
 def _w2v_bert(
@@ -29,6 +25,7 @@ def _w2v_bert(
     16 kHz, 20 ms at 8 kHz): fewer, wider frames make a small model much cheaper per clip.
     `ffn` is the feed-forward width in multiples of `hidden` (the two feed-forward blocks of
     each conformer layer take most of its compute)."""
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig
     config = Wav2Vec2BertConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -55,6 +52,7 @@ def _w2v_bert(
 
 def _w2v2(hidden: int, layers: int, heads: int) -> ModelSpec:
     """Raw-waveform wav2vec2 like facebook/wav2vec2-base (group-norm, no attention mask)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
     config = Wav2Vec2Config(
         hidden_size=hidden,
         num_hidden_layers=layers,

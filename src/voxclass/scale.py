@@ -384,14 +384,6 @@ def _ray_pipeline(ray, work: Plan, spill: Path, rate: int, model: str, out: Path
         pass  # the shards are the output; this drives the pipeline
 
 
-ENGINES = ("plain", "shards", "ray")
-
-
-def default_engine() -> str:
-    """`shards` under torchrun (WORLD_SIZE > 1: each rank writes its part), else `plain`."""
-    return "shards" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "plain"
-
-
 def run_engine(
     engine: str,
     model: str,

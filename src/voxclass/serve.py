@@ -61,8 +61,34 @@ MAX_STREAM_MESSAGE_BYTES = 1 << 20
 """Largest binary message on `/v1/stream` (1 MiB: over 5 s of f32 audio at 48 kHz); clients
 send small chunks, tens of milliseconds each."""
 DEFAULT_MAX_STREAM_SECONDS = 3600.0
-"""Longest stream accepted unless `create_app(max_stream_seconds=...)` says otherwise: memory
+"""Longest stream accepted unless `--max-stream-seconds` says otherwise: memory
 stays bounded however long a stream runs, its CPU time does not."""
+
+
+@dataclass
+class ServeConfig:
+    """How `voxclass serve` serves a model."""
+
+    model: str
+    """Trained (or exported) model directory."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 exposes it to every network the machine is on)."""
+    port: int = 8000
+    """TCP port."""
+    max_upload_mb: float = 20.0
+    """Largest accepted upload (413 above)."""
+    token: str | None = None
+    """Require 'Authorization: Bearer TOKEN' on /v1/ (default: env VOXCLASS_TOKEN)."""
+    max_audio_seconds: float | None = None
+    """Longest accepted upload in seconds, checked from its header (422 above). Default: 10 of
+    the model's windows, at least 60."""
+    max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE
+    """Highest accepted upload sample rate in Hz (422 above)."""
+    allowed_hosts: list[str] | None = None
+    """Host header values answered, comma-separated (400 otherwise; '*' for any). Default:
+    localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0."""
+    max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
+    """Longest /v1/stream in seconds of audio (closed with a reason above)."""
 
 
 def default_max_audio_seconds(model_max_seconds: float) -> float:
@@ -638,6 +664,7 @@ def serve(
     max_audio_seconds: float | None = None,
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
+    max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
 ) -> None:
     """Load the model once and serve until interrupted. `allowed_hosts` defaults to
     `default_allowed_hosts(host)`; a bind other machines can reach without a token, or on all
@@ -651,6 +678,7 @@ def serve(
         max_audio_seconds,
         max_sample_rate,
         default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts,
+        max_stream_seconds=max_stream_seconds,
     )
     for warning in exposure_warnings(host, token, allowed_hosts):
         print(warning, file=sys.stderr)

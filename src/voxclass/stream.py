@@ -346,6 +346,26 @@ def stream_bytes(
 
 
 STDIN_RATE, STDIN_FORMAT = 16_000, "pcm16"
+
+
+@dataclass
+class StreamConfig:
+    """What `voxclass stream` classifies."""
+
+    model: str
+    """Trained (or exported) model directory."""
+    source: str = "-"
+    """Audio file, or - for raw mono PCM on stdin."""
+    realtime: bool = False
+    """Play a file at its own pace (a file only; stdin arrives at its own)."""
+    rate: int | None = None
+    """stdin only: sample rate in Hz (default 16000)."""
+    format: str | None = None
+    """stdin only: pcm16 or f32, little-endian (default pcm16)."""
+    hop: float = 0.5
+    """Seconds of audio between hop events."""
+    top_k: int = 5
+    """Labels per event."""
 """What raw PCM on stdin is taken to be unless `--rate` / `--format` say otherwise (what
 `arecord -f S16_LE -r 16000` sends)."""
 

@@ -19,8 +19,9 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .config import (
@@ -44,9 +46,9 @@ from .config import (
     staging_folder,
 )
 from .data import (
-    AUDIO_STRUCT,
     DataConfig,
     DataError,
+    audio_struct,
     is_multi_label,
     label_names,
     load_data,
@@ -123,6 +125,57 @@ class TrainConfig(DataConfig):
     """Synthetic training clips per label with --synth-phrases."""
     synth_channel: str = "telephone"
     """Channel of the synthetic clips: telephone (made at 8 kHz), wideband or room (16 kHz)."""
+    training_args: dict[str, Any] = field(default_factory=dict)
+    """Any other transformers.TrainingArguments field (bf16, report_to, gradient_checkpointing,
+    eval_strategy, ...), applied over voxclass's own choices. On the command line each is its
+    own option (--bf16 true); in YAML, a top-level key or an entry of this mapping."""
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "lr_scheduler_type": "cosine",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "macro_f1",
+    "greater_is_better": True,
+    "train_sampling_strategy": "group_by_length",
+    "length_column_name": "length",
+    "remove_unused_columns": False,
+    "report_to": "none",
+    "save_only_model": False,
+    # A resumed run continues early stopping's count of evaluations without progress.
+    "restore_callback_states_from_checkpoint": True,
+}
+"""voxclass's choices for TrainingArguments fields no TrainConfig field sets (each can be
+overridden through `training_args`)."""
+
+TRAINER_ALIASES = {
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "dataloader_num_workers": "num_workers",
+}
+"""TrainingArguments fields that a TrainConfig field of another name sets (the option takes
+both names). Fields of the same name (learning_rate, seed, ...) are TrainConfig's."""
+
+TRAINER_OWNED = {"output_dir": "--output", "resume_from_checkpoint": "--resume"}
+"""TrainingArguments fields voxclass sets from its own options, not settable directly."""
+
+TRAINER_DERIVED = {
+    "per_device_eval_batch_size": "2 x --batch-size",
+    "warmup_steps": "--warmup",
+    "use_cpu": "true when there is no GPU",
+    "disable_tqdm": "true unless stderr is a terminal (a line per epoch instead)",
+}
+"""What voxclass passes for these TrainingArguments fields (see `training_arguments`)."""
+
+
+def trainer_fields() -> list:
+    """The TrainingArguments fields passable through `training_args`."""
+    own = {f.name for f in fields(TrainConfig)} | set(TRAINER_ALIASES) | set(TRAINER_OWNED)
+    return [f for f in fields(TrainingArguments) if f.init and f.name not in own]
 
 
 def work_dir(config: TrainConfig) -> Path:
@@ -326,7 +379,7 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
     if "group" in train_split.column_names:
         columns["group"] = [f"synthetic {r['voice']}" for r in rows]
     # as in data.py: a plain struct, then cast (encoding an Audio feature needs torchcodec)
-    features = Features({**train_split.features, "audio": AUDIO_STRUCT})
+    features = Features({**train_split.features, "audio": audio_struct()})
     synthetic = Dataset.from_dict(columns, features=features)
     synthetic = synthetic.cast_column("audio", train_split.features["audio"])
     return concatenate_datasets([train_split, synthetic])
@@ -464,40 +517,49 @@ def by_length(ds: Dataset) -> Dataset:
 
 
 def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(work_dir(config) / "checkpoints"),
-        num_train_epochs=config.epochs or (30 if from_scratch else 10),
-        max_steps=config.max_steps,
+    """voxclass's defaults, then the config's own fields, then `config.training_args`; a value
+    TrainingArguments refuses is a ConfigError (before any data is read)."""
+    owned = set(config.training_args) & set(TRAINER_OWNED)
+    if owned:
+        name = sorted(owned)[0]
+        raise ConfigError(f"{name} is set by voxclass: use {TRAINER_OWNED[name]}")
+    chosen = {
+        **TRAINER_DEFAULTS,
+        "output_dir": str(work_dir(config) / "checkpoints"),
+        "num_train_epochs": config.epochs or (30 if from_scratch else 10),
+        "max_steps": config.max_steps,
         # From scratch, 1e-3 learned twice as fast as 5e-4 on the demo data; 2e-3 diverged.
-        learning_rate=config.learning_rate or (1e-3 if from_scratch else 5e-5),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size * 2,
-        gradient_accumulation_steps=config.grad_accum,
-        warmup_steps=config.warmup,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="cosine",
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
-        greater_is_better=True,
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
-        remove_unused_columns=False,
-        dataloader_num_workers=config.num_workers,
-        seed=config.seed,
+        "learning_rate": config.learning_rate or (1e-3 if from_scratch else 5e-5),
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size * 2,
+        "gradient_accumulation_steps": config.grad_accum,
+        "warmup_steps": config.warmup,
+        "weight_decay": config.weight_decay,
+        "dataloader_num_workers": config.num_workers,
+        "seed": config.seed,
         # Without a GPU, accelerate only sets up multi-process DDP (gloo) when told it is on
         # the CPU; otherwise each torchrun process would silently train alone.
-        use_cpu=not torch.accelerator.is_available(),
-        report_to="none",
+        "use_cpu": not torch.accelerator.is_available(),
         # Progress bars only on a terminal; elsewhere EpochLog writes a line per epoch.
-        disable_tqdm=not sys.stderr.isatty(),
-        save_only_model=False,
-        # A resumed run continues early stopping's count of evaluations without progress.
-        restore_callback_states_from_checkpoint=True,
-    )
+        "disable_tqdm": not sys.stderr.isatty(),
+        **config.training_args,
+    }
+    half = [k for k in ("bf16", "fp16") if chosen.get(k)]
+    if half and not torch.accelerator.is_available() and "use_cpu" not in config.training_args:
+        raise ConfigError(
+            f"--{half[0]} true: mixed precision needs a GPU and this machine has none; drop it "
+            f"(or add --use-cpu true to try {half[0]} autocast on the CPU)"
+        )
+    try:
+        args = TrainingArguments(**chosen)
+        # The Trainer makes these at its start, after the data is decoded: an unknown or
+        # uninstalled integration (--report-to tensorboard without tensorboard) fails now.
+        for callback in get_reporting_integration_callbacks(args.report_to):
+            callback()
+    except (ValueError, TypeError, RuntimeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"TrainingArguments refused the options: {first}") from None
+    return args
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
@@ -511,6 +573,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     if is_main_process():
         recover_interrupted_write(Path(config.output))
     check_output(config)
+    args = training_arguments(config, from_scratch)  # a refused option fails before the data
     checkpoint = resume_checkpoint(config) if config.resume else None
     dd = load_data(config)
     if Path(config.source).is_file():  # a manifest's clips may lie anywhere
@@ -557,7 +620,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         else test_set
     )
 
-    args = training_arguments(config, from_scratch)
     stops: list[TrainerCallback] = []
     if config.early_stopping:
         stops.append(EarlyStoppingCallback(config.early_stopping))
