@@ -36,6 +36,8 @@ class Spec:
     config: type
     arguments: tuple[str, ...] = ()
     """Fields taken as positional arguments (a list field takes the rest)."""
+    optional: tuple[str, ...] = ()
+    """Positional arguments that may be left out (their field's default applies)."""
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     """Field -> option where they differ (source -> --data)."""
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -86,6 +88,7 @@ def make_params(spec: Spec) -> list[click.Parameter]:
     for name in spec.arguments:
         many = typing.get_origin(_base_type(hints[name])) is list
         metavar = name.upper() + ("..." if many else "")
+        metavar = f"[{metavar}]" if name in spec.optional else metavar
         params.append(click.Argument([name], nargs=-1 if many else 1, required=False,
                                      metavar=metavar))  # fmt: skip
     params.append(click.Option(["--config", "config_file"], metavar="FILE.yaml", help=CONFIG_HELP))
@@ -159,7 +162,7 @@ class ConfigCommand(click.Command):
             values,
             option_names={n: spec.display(n) for n in spec.config.__dataclass_fields__},
             passthrough=spec.passthrough,
-            required=spec.arguments,
+            required=tuple(a for a in spec.arguments if a not in spec.optional),
         )
         return self._run(config)
 
@@ -523,7 +526,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def _stream_spec() -> Spec:
     from .stream import StreamConfig
 
-    return Spec(StreamConfig, arguments=("model", "source"))
+    return Spec(StreamConfig, arguments=("model", "source"), optional=("source",))
 
 
 @command("stream", _stream_spec)
