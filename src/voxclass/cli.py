@@ -126,6 +126,45 @@ def synth(
 
 
 @app.command()
+def pretrain(
+    out: Path = typer.Option(..., help="Output folder: a save_pretrained CTC model directory."),
+    hours: float = typer.Option(20.0, help="Hours of synthetic speech to train on."),
+    time_budget_minutes: float = typer.Option(None, help="Stop after this much wall time."),
+    preset: str = typer.Option("tiny-fine", help="Encoder architecture (a Wav2Vec2-BERT preset)."),
+    batch_size: int = typer.Option(32, help="Clips per step."),
+    learning_rate: float = typer.Option(1e-3, help="Peak learning rate."),
+    workers: int = typer.Option(1, help="Processes synthesizing clips (0: none, inline)."),
+    seed: int = typer.Option(0, help="Same seed, same clips and initial weights."),
+) -> None:
+    """Pretrain a speech encoder on espeak-ng speech made on the fly (every English voice,
+    channel and noise), with CTC over the phonemes it says; fine-tune it with
+    `voxclass train --model OUT`."""
+    require_torch("pretraining")
+    from .pretrain import PretrainConfig
+    from .pretrain import pretrain as run_pretraining
+
+    summary = run_pretraining(
+        PretrainConfig(
+            out=out,
+            hours=hours,
+            time_budget_minutes=time_budget_minutes,
+            preset=preset,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            workers=workers,
+            seed=seed,
+        ),
+        log=lambda line: err_console.print(line, highlight=False, markup=False),
+    )
+    final = summary["final"]
+    console.print(
+        f"wrote {out}: {summary['hours_heard']:.2f} h of speech in "
+        f"{summary['wall_seconds'] / 60:.1f} min, phoneme error rate "
+        f"{final['phoneme_error_rate']:.3f}"
+    )
+
+
+@app.command()
 def inspect(
     source: str = typer.Argument(..., help="Hub dataset id, audiofolder, or CSV/JSONL manifest."),
     hub_config: str = typer.Option(None, help="Hub dataset configuration (e.g. en-US)."),
