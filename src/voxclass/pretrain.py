@@ -4,11 +4,12 @@ Without the Hugging Face Hub every preset starts from random weights, and learns
 differences are words and which are the speaker from a small labelled set alone. Here
 espeak-ng (`synth.Espeak`) says random text: words drawn from a frequency list (`wordfreq`,
 flattened so rarer words come up too), numbers, and the shipped phrase files' requests, in
-every English accent and every voice variant, at a random rate, pitch and pitch range, through
-a random channel (telephone band, wideband, room reverberation; `synth.apply_channel`), with
-speed perturbation, gain and noise (`features.Augment`). The synthesizer also says which
-phonemes it speaks (`Espeak.phonemes`), so the target is free: CTC over the phoneme string
-teaches the encoder speech content, whoever says it, with no timing needed.
+every English accent and every human-like voice variant, at a random rate, pitch and pitch
+range, through a random channel (telephone band, wideband, room reverberation;
+`synth.apply_channel`), with speed perturbation, gain and noise (`features.Augment`). The
+synthesizer also says which phonemes it speaks (`Espeak.phonemes`), so the target is free:
+CTC over the phoneme string teaches the encoder speech content, whoever says it, with no
+timing needed.
 
 The model is a stock `Wav2Vec2BertForCTC` with a preset's encoder (`tiny-fine` by default), so
 OUT is a plain `save_pretrained` directory: `voxclass train --model OUT` (or the shipped
@@ -42,10 +43,10 @@ from .presets import PRESETS, preset_config
 from .synth import (
     CHANNELS,
     Espeak,
-    all_variants,
     apply_channel,
     english_accents,
     fill_slots,
+    human_variants,
     load_phrases,
     shipped_phrase_files,
 )
@@ -54,6 +55,8 @@ BLANK, UNKNOWN = "<pad>", "<unk>"
 """CTC blank (also the padding id) and the id of a phoneme missing from the vocabulary."""
 VOCAB_WORDS = 3000
 """The most frequent words, said in every accent, whose phonemes make the vocabulary."""
+MAX_RESTARTS = 20
+"""Synthesis workers that may die (an espeak-ng crash) before pretraining gives up."""
 MARKER = "pretrain.json"
 """Written into every pretrain output: what made it, and how well it learned."""
 
@@ -76,7 +79,7 @@ class PretrainConfig:
     """Peak learning rate (AdamW, linear warm-up, then cosine to zero)."""
     warmup_steps: int = 300
     """Steps of linear warm-up."""
-    max_words: int = 10
+    max_words: int = 6
     """Longest random word sequence in one clip."""
     vocabulary_words: int = 20000
     """Draw words from this many most frequent English words."""
@@ -153,15 +156,16 @@ class TextMaker:
 
 @dataclass
 class Voices:
-    """Every English accent and voice variant espeak-ng ships."""
+    """Every English accent and every human-like voice variant espeak-ng ships (the others,
+    such as `Demonic`, are not speech to learn from, and some crash espeak-ng in some
+    accents)."""
 
     accents: list[str]
     variants: list[str]
 
     @classmethod
     def of(cls, espeak: Espeak) -> Voices:
-        variants = [v for v in all_variants(espeak.data_path) if " " not in v]
-        return cls(english_accents(espeak.data_path), variants)
+        return cls(english_accents(espeak.data_path), human_variants(espeak.data_path))
 
     def pick(self, rng: np.random.Generator) -> str:
         return f"{self.accents[rng.integers(len(self.accents))]}+" + str(
@@ -216,12 +220,15 @@ def collate(
     return batch
 
 
-def _batches(config: PretrainConfig, vocab: dict[str, int], extractor: Any) -> Iterator[dict]:
-    """Endless batches of new clips; each worker process draws from its own seed."""
+def _batches(
+    config: PretrainConfig, vocab: dict[str, int], extractor: Any, attempt: int
+) -> Iterator[dict]:
+    """Endless batches of new clips; each worker process (and restart) draws from its own
+    seed."""
     import torch.utils.data
 
     info = torch.utils.data.get_worker_info()
-    rng = np.random.default_rng([config.seed, 1, info.id if info else 0])
+    rng = np.random.default_rng([config.seed, 1, attempt, info.id if info else 0])
     rate = extractor.sampling_rate
     make = ClipMaker(config, vocab, rate)
     shortest = min_samples(extractor, sampling_rate=rate)
@@ -229,16 +236,31 @@ def _batches(config: PretrainConfig, vocab: dict[str, int], extractor: Any) -> I
         yield collate(extractor, [make(rng) for _ in range(config.batch_size)], rate, shortest)
 
 
-def _stream(config: PretrainConfig, vocab: dict[str, int], extractor: Any):
+def _stream(config: PretrainConfig, vocab: dict[str, int], extractor: Any, log) -> Iterator[dict]:
+    """Batches from `config.workers` processes. espeak-ng is C code: a text that crashes it
+    (rare) kills only its worker, and a fresh worker, with a fresh seed, takes over."""
     import torch.utils.data
 
     class Stream(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            return _batches(config, vocab, extractor)
+        def __init__(self, attempt: int) -> None:
+            self.attempt = attempt
 
-    return torch.utils.data.DataLoader(
-        Stream(), batch_size=None, num_workers=config.workers, prefetch_factor=4
-    ) if config.workers else Stream()
+        def __iter__(self):
+            return _batches(config, vocab, extractor, self.attempt)
+
+    if not config.workers:
+        yield from Stream(0)
+        return
+    for attempt in range(MAX_RESTARTS + 1):
+        loader = torch.utils.data.DataLoader(
+            Stream(attempt), batch_size=None, num_workers=config.workers, prefetch_factor=4
+        )
+        try:
+            yield from loader
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err) or attempt == MAX_RESTARTS:
+                raise
+            log(f"a synthesis worker died ({str(err).splitlines()[0]}); starting another")
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -294,6 +316,18 @@ def build(config: PretrainConfig, vocab_size: int):
     return Wav2Vec2BertForCTC(model_config), extractor
 
 
+def train_step(model: Any, optimizer: Any, batch: dict) -> float:
+    """One optimizer step on a batch from `collate`; returns its CTC loss."""
+    import torch
+
+    loss = model(**{k: v for k, v in batch.items() if k != "seconds"}).loss
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss)
+
+
 def pretrain(config: PretrainConfig, log=print) -> dict:
     """Pretrain and write OUT (through a temporary folder beside it); returns the summary."""
     import torch
@@ -322,20 +356,15 @@ def pretrain(config: PretrainConfig, log=print) -> dict:
     history = [{"step": 0, "hours": 0.0, **evaluate(model, validation)}]
     log(f"step 0: validation {history[-1]}")
     model.train()
-    for batch in _stream(config, vocab, extractor):
+    for batch in _stream(config, vocab, extractor, log):
         progress = max(heard / target, (time.perf_counter() - start) / budget)
         if progress >= 1:
             break
         warm = min(1.0, (step + 1) / config.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * progress))
-        heard += batch.pop("seconds")
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss))
+        heard += batch["seconds"]
+        losses.append(train_step(model, optimizer, batch))
         step += 1
         if time.perf_counter() - last_eval >= config.eval_minutes * 60:
             last_eval = time.perf_counter()

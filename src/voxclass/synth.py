@@ -164,7 +164,7 @@ def all_variants(data_path: str) -> list[str]:
     return sorted(os.listdir(os.path.join(data_path, "voices", "!v")))
 
 
-def _variants(data_path: str) -> list[str]:
+def human_variants(data_path: str) -> list[str]:
     """Human-like voice variants shipped by espeak-ng, sorted: the same list on every machine."""
     folder = os.path.join(data_path, "voices", "!v")
     return [
@@ -265,7 +265,7 @@ def voice_pools(config: SynthConfig, data_path: str) -> tuple[list[str], list[st
     pools = []
     for name, chosen, shipped in (
         ("accents", config.accents, english_accents(data_path)),
-        ("variants", config.variants, _variants(data_path)),
+        ("variants", config.variants, human_variants(data_path)),
     ):
         known = shipped if name == "accents" else all_variants(data_path)
         missing = [v for v in chosen or [] if v not in known]
