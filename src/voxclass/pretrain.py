@@ -449,9 +449,10 @@ head on the encoder.
     {command}
 
 - Data: {summary['clips']:,} clips, {summary['hours_heard']:.2f} hours of speech, each synthesized
-  once, on the fly, by espeak-ng (espeakng-loader wheel): random word sequences from the 20,000
-  most frequent English words (wordfreq), numbers and voxclass's shipped phrase files; every
-  English accent ({len(summary['voices']['accents'])}) and voice variant
+  once, on the fly, by espeak-ng (espeakng-loader wheel): random sequences of up to
+  {c['max_words']} words from the {c['vocabulary_words']:,} most frequent English words
+  (wordfreq), numbers and voxclass's shipped phrase files; every English accent
+  ({len(summary['voices']['accents'])}) and human-like voice variant
   ({len(summary['voices']['variants'])}), random rate, pitch and pitch range; telephone band,
   wideband or room reverberation; speed perturbation, gain and noise. 8 kHz.
 - Targets: the phonemes espeak-ng says (`espeak_TextToPhonemes`), stress marks removed.
