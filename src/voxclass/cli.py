@@ -155,6 +155,7 @@ def pretrain(
             seed=seed,
         ),
         log=lambda line: err_console.print(line, highlight=False, markup=False),
+        command=" ".join(["voxclass", *sys.argv[1:]]),
     )
     final = summary["final"]
     console.print(

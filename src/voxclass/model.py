@@ -87,6 +87,11 @@ def _preset_names() -> str:
 
 def _shipped_failure(folder: Path, err: Exception) -> str:
     first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if not folder.is_dir():
+        return (
+            f"{folder.name}: this voxclass ships no weights for it ({folder} does not exist); "
+            "make an encoder with `voxclass pretrain --out DIR` and pass --model DIR"
+        )
     return (
         f"{folder.name}: the shipped weights in {folder} are missing or corrupt ({first}); "
         "reinstall voxclass, or make an encoder with `voxclass pretrain --out DIR` and pass "

@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -325,11 +324,12 @@ def train_step(model: Any, optimizer: Any, batch: dict) -> float:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
-def pretrain(config: PretrainConfig, log=print) -> dict:
-    """Pretrain and write OUT (through a temporary folder beside it); returns the summary."""
+def pretrain(config: PretrainConfig, log=print, command: str | None = None) -> dict:
+    """Pretrain and write OUT (through a temporary folder beside it); returns the summary.
+    `command`: the command line that asked for it, for the model card."""
     import torch
 
     check(config)
@@ -380,8 +380,7 @@ def pretrain(config: PretrainConfig, log=print) -> dict:
     history.append(final)
     log(f"done: {json.dumps(final)}")
     summary = {
-        "command": " ".join(["voxclass", *sys.argv[1:]]) if sys.argv[0].endswith(
-            ("voxclass", "__main__.py")) else None,
+        "command": command,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "steps": step,
         "hours_heard": heard / 3600,
