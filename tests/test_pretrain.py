@@ -184,5 +184,5 @@ def test_missing_or_corrupt_shipped_weights_are_one_line_errors(
 
 def test_speech_tiny_without_shipped_weights_says_how_to_make_them(monkeypatch, tmp_path):
     monkeypatch.setattr(voxclass.model, "pretrained_dir", lambda name: tmp_path / name)
-    with pytest.raises(ModelError, match="ships no weights .* voxclass pretrain --out DIR"):
+    with pytest.raises(ModelError, match="ships no weights .*`voxclass pretrain --out DIR`"):
         build_model("speech-tiny", ["a", "b"])
