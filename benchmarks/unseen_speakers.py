@@ -8,8 +8,8 @@ changes one thing (TrainConfig fields, model config, feature extractor, augmenta
 TrainingArguments); join variants with `+` to combine them. Prints one row per variant: the
 accuracy on each held-out speaker and their mean.
 
-    python benchmarks/unseen_speakers.py [--preset tiny] [--variants baseline,stride2,...]
-        [--folds theo,...]
+    python benchmarks/unseen_speakers.py [--preset tiny|speech-tiny|DIR]
+        [--variants baseline,stride2,...] [--folds theo,...]
         [--data ../shared/data/fsdd] [--epochs N] [--lock /tmp/voxclass-cpu.lock] [--quick]
         [--check speakers,synth-digits,new-wording]
 
@@ -133,7 +133,9 @@ def variant_named(name: str) -> Variant:
 
 @contextlib.contextmanager
 def applied(variant: Variant, preset: str) -> Iterator[str]:
-    """The preset name to train, with the variant's changes in place while training runs."""
+    """The preset name to train, with the variant's changes in place while training runs.
+    A pretrained model (`speech-tiny`, a model directory) keeps its architecture: only the
+    training, augmentation and TrainingArguments changes apply to it."""
 
     def spec():
         config, extractor = preset_config(preset)
@@ -151,15 +153,19 @@ def applied(variant: Variant, preset: str) -> Iterator[str]:
             setattr(args, key, value)
         return args
 
-    name = f"{preset}@bench"
+    pretrained = preset not in PRESETS
+    if pretrained and (variant.model or variant.extractor):
+        raise SystemExit(f"{preset} is pretrained: its model and extractor cannot change")
+    name = preset if pretrained else f"{preset}@bench"
     original_arguments = train_module.training_arguments
-    PRESETS[name] = spec
+    if not pretrained:
+        PRESETS[name] = spec
     train_module.Augment = functools.partial(Augment, **variant.augment)
     train_module.training_arguments = arguments
     try:
         yield name
     finally:
-        del PRESETS[name]
+        PRESETS.pop(f"{preset}@bench", None)
         train_module.Augment = Augment
         train_module.training_arguments = original_arguments
 
@@ -341,7 +347,11 @@ def main() -> None:
     parser.add_argument("--variants", default="baseline", help=f"of: {', '.join(VARIANTS)}")
     parser.add_argument("--folds", help="held-out speakers (default: all four)")
     parser.add_argument("--check", default="speakers", help="of: " + ", ".join(CHECKS))
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help=f"{', '.join(PRESETS)}, speech-tiny, or a `voxclass pretrain` output folder",
+    )
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs (screening)")
     parser.add_argument("--lock", type=Path, help="flock this file around each training run")

@@ -182,9 +182,28 @@ def check_startup(output: str) -> None:
     assert rows[names[2]][3] == "-", output  # an ONNX export runs on numpy and onnxruntime
 
 
+def check_pretrained_vs_scratch(output: str) -> None:
+    rows = markdown_rows(output)
+    tests = [name for name in rows if name not in ("test", "training seconds, all runs")]
+    assert tests == [
+        "FSDD unseen speaker theo",
+        "demo unseen voices",
+        "demo unseen wording",
+        "few-shot, 2 clips/class",
+        "FSDD leave-one-speaker-out, mean",
+    ], rows
+    for name in tests:
+        scratch, pretrained, gain = (float(v) for v in rows[name])
+        assert 0 <= scratch <= 1 and 0 <= pretrained <= 1, (name, rows[name])
+        assert gain == pytest.approx(pretrained - scratch, abs=1.5e-3), (name, rows[name])
+    assert rows["FSDD leave-one-speaker-out, mean"] == rows["FSDD unseen speaker theo"]
+    assert all(float(s) > 0 for s in rows["training seconds, all runs"][:2]), rows
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
+    "pretrained_vs_scratch.py": check_pretrained_vs_scratch,
     "recipe_vs_seed.py": check_recipe_vs_seed,
     "scale_out.py": check_scale_out,
     "serve_abuse.py": check_serve_abuse,

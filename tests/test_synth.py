@@ -13,8 +13,8 @@ from voxclass.synth import (
     NEW_WORDING_SPLIT,
     Espeak,
     SynthConfig,
-    _variants,
     english_accents,
+    human_variants,
     load_phrases,
     plan,
     room_impulse_response,
@@ -148,7 +148,7 @@ def test_synth_is_deterministic_voice_disjoint_telephone_audio(tmp_path):
     variant = {s: {r["voice"].split("+")[1] for r in rows if r["split"] == s} for s in splits}
     assert not variant["train"] & variant["test"]  # test voices never speak in train
     assert not variant["train"] & variant[NEW_WORDING_SPLIT]
-    train_pool, test_pool = split_voices(_variants(Espeak().data_path), 0.25, seed=7)
+    train_pool, test_pool = split_voices(human_variants(Espeak().data_path), 0.25, seed=7)
     assert variant["validation"] <= set(train_pool)  # validation: new clips, training voices
     assert variant[NEW_WORDING_SPLIT] <= set(test_pool)
     for row in rows:
@@ -164,7 +164,7 @@ def test_new_wording_is_never_said_in_other_splits(tmp_path):
     config = SynthConfig(
         out=tmp_path, train_per_label=40, test_per_label=10, new_wording_per_label=8
     )
-    accents, variants = english_accents(Espeak().data_path), _variants(Espeak().data_path)
+    accents, variants = english_accents(Espeak().data_path), human_variants(Espeak().data_path)
     rows = list(plan(config, phrases, accents, variants))
     for label, phrasings in phrases.labels.items():
         held_out = phrasings[-4:]  # 15 phrasings: round(15 * 0.25) = 4
@@ -184,7 +184,7 @@ def test_new_wording_is_never_said_in_other_splits(tmp_path):
 def test_another_seed_plans_other_clips(tmp_path):
     # a third synth run would cost seconds; the plan alone decides texts, voices and prosody
     phrases, data_path = load_phrases("banking"), Espeak().data_path
-    pools = english_accents(data_path), _variants(data_path)
+    pools = english_accents(data_path), human_variants(data_path)
     seven = list(plan(SynthConfig(out=tmp_path, train_per_label=2, seed=7), phrases, *pools))
     eight = list(plan(SynthConfig(out=tmp_path, train_per_label=2, seed=8), phrases, *pools))
     assert [r["file_name"] for r in seven] == [r["file_name"] for r in eight]

@@ -228,6 +228,35 @@ def synth(config) -> None:
     )
 
 
+def _pretrain_spec() -> Spec:
+    from .pretrain import PretrainConfig
+
+    return Spec(PretrainConfig)
+
+
+@command("pretrain", _pretrain_spec)
+def pretrain(config) -> None:
+    """Pretrain a speech encoder on espeak-ng speech made on the fly (every English voice,
+    channel and noise), with CTC over the phonemes it says; fine-tune it with
+    `voxclass train --model OUT`."""
+    from .model import require_torch
+
+    require_torch("pretraining")
+    from .pretrain import pretrain as run_pretraining
+
+    summary = run_pretraining(
+        config,
+        log=lambda line: _print(line, stderr=True),
+        command=" ".join(["voxclass", *sys.argv[1:]]),
+    )
+    final = summary["final"]
+    _print(
+        f"wrote {config.out}: {summary['hours_heard']:.2f} h of speech in "
+        f"{summary['wall_seconds'] / 60:.1f} min, phoneme error rate "
+        f"{final['phoneme_error_rate']:.3f}"
+    )
+
+
 def _inspect_spec() -> Spec:
     from .data import InspectConfig
 

@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import json
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from .presets import PRESETS, preset_config
 DEFAULT_MAX_SECONDS = 10.0
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 """What is looked up on the Hugging Face Hub: `org/name` only."""
+PRETRAINED = ("speech-tiny",)
+"""Pretrained backbones shipped in the package (`pretrained/NAME/`, made by `voxclass pretrain`):
+fine-tuned like a Hub model, loaded without network."""
+PRETRAINED_LEARNING_RATE = 5e-4
+"""Fine-tuning learning rate of a small encoder made by `voxclass pretrain`: the 5e-5 that suits
+wav2vec2-base barely moves a 1M-parameter model in 10 epochs."""
 
 
 class ModelError(ValueError):
@@ -45,7 +52,8 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
         for key, value in {**label_maps(labels), **config_overrides}.items():
             setattr(config, key, value)
         return AutoModelForAudioClassification.from_config(config), extractor
-    name_or_path = _check_reachable(name_or_path)
+    shipped = name_or_path in PRETRAINED
+    name_or_path = str(pretrained_dir(name_or_path)) if shipped else _check_reachable(name_or_path)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
         model = AutoModelForAudioClassification.from_pretrained(
@@ -54,9 +62,41 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
             **config_overrides,
             ignore_mismatched_sizes=True,  # a new head when the label set differs
         )
-    except OSError as err:
-        raise ModelError(_load_failure(name_or_path, err)) from None
+    except Exception as err:  # safetensors' own error (a corrupt file) is not an OSError
+        if shipped:
+            raise ModelError(_shipped_failure(Path(name_or_path), err)) from None
+        if isinstance(err, OSError):
+            raise ModelError(_load_failure(name_or_path, err)) from None
+        raise
     return model, extractor
+
+
+def pretrained_dir(name: str) -> Path:
+    """The folder of a shipped pretrained backbone (`speech-tiny`) inside the package."""
+    return Path(str(resources.files("voxclass") / "pretrained" / name))
+
+
+def made_by_pretrain(config: Any) -> bool:
+    """Whether a model's encoder comes from `voxclass pretrain` (its config says so)."""
+    return getattr(config, "voxclass", {}).get("pretrained_by") == "voxclass pretrain"
+
+
+def _preset_names() -> str:
+    return ", ".join([*PRESETS, *PRETRAINED])
+
+
+def _shipped_failure(folder: Path, err: Exception) -> str:
+    first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if not folder.is_dir():
+        return (
+            f"{folder.name}: this voxclass ships no weights for it ({folder} does not exist); "
+            "make an encoder with `voxclass pretrain --out DIR` and pass --model DIR"
+        )
+    return (
+        f"{folder.name}: the shipped weights in {folder} are missing or corrupt ({first}); "
+        "reinstall voxclass, or make an encoder with `voxclass pretrain --out DIR` and pass "
+        "--model DIR"
+    )
 
 
 def load_trained(path: str | Path):
@@ -117,7 +157,7 @@ def _check_reachable(name_or_path: str) -> str:
     presets are bare names, and a mistyped one should say so. Returns the name with `~`
     expanded."""
     path = Path(name_or_path).expanduser()
-    if name_or_path in PRESETS:
+    if name_or_path in PRESETS or name_or_path in PRETRAINED:
         raise ModelError(
             f"{name_or_path} is a preset to train from, not a trained model; pass the --output "
             "folder of `voxclass train`"
@@ -126,7 +166,7 @@ def _check_reachable(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"{name_or_path}: not a model directory (no config.json); pass a voxclass "
-                f"output folder, a Hub id (org/name), or a preset ({', '.join(PRESETS)})"
+                f"output folder, a Hub id (org/name), or a preset ({_preset_names()})"
             )
         return str(path)
     if HUB_ID.fullmatch(name_or_path) and not path.parent.is_dir():
@@ -139,7 +179,7 @@ def _check_reachable(name_or_path: str) -> str:
     hint = f"did you mean {', '.join(near)}? " if near else ""
     raise ModelError(
         f"{name_or_path}: no such model directory; {hint}pass a voxclass output folder, a Hub "
-        f"id (org/name), or a preset ({', '.join(PRESETS)})"
+        f"id (org/name), or a preset ({_preset_names()})"
     )
 
 
@@ -149,5 +189,5 @@ def _load_failure(name: str, err: Exception) -> str:
         return f"{name}: cannot load the model ({first})"
     return (
         f"cannot load '{name}' from the Hugging Face Hub ({first}); check the id and your "
-        f"connection, or use a local model directory or a preset ({', '.join(PRESETS)})"
+        f"connection, or use a local model directory or a preset ({_preset_names()})"
     )

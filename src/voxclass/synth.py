@@ -50,6 +50,8 @@ SAMPLING_RATES = (8000, 16000)
 NEW_WORDING_SPLIT = "test_new_wording"
 # English voices for another writing system, not another accent (Shavian alphabet).
 _NOT_ACCENTS = {"en-shaw"}
+# Stress marks espeak-ng puts before a phoneme name ("'oU"); a pause is a name starting "_".
+_STRESS_MARKS = "',%="
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def all_variants(data_path: str) -> list[str]:
     return sorted(os.listdir(os.path.join(data_path, "voices", "!v")))
 
 
-def _variants(data_path: str) -> list[str]:
+def human_variants(data_path: str) -> list[str]:
     """Human-like voice variants shipped by espeak-ng, sorted: the same list on every machine."""
     folder = os.path.join(data_path, "voices", "!v")
     return [
@@ -263,7 +265,7 @@ def voice_pools(config: SynthConfig, data_path: str) -> tuple[list[str], list[st
     pools = []
     for name, chosen, shipped in (
         ("accents", config.accents, english_accents(data_path)),
-        ("variants", config.variants, _variants(data_path)),
+        ("variants", config.variants, human_variants(data_path)),
     ):
         known = shipped if name == "accents" else all_variants(data_path)
         missing = [v for v in chosen or [] if v not in known]
@@ -301,6 +303,12 @@ class Espeak:
         )
         self._callback = callback_type(self._collect)  # kept alive: C holds a pointer to it
         self._lib.espeak_SetSynthCallback(self._callback)
+        self._lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self._lib.espeak_TextToPhonemes.argtypes = [
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
 
     def _collect(self, wav, n, _events) -> int:
         if n > 0:
@@ -323,6 +331,22 @@ class Espeak:
         self._lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 1, None, None)
         self._lib.espeak_Synchronize()
         return np.concatenate(self._chunks).astype(np.float32) / 32768.0
+
+    def phonemes(self, text: str, voice: str) -> list[str]:
+        """The phonemes `voice` says for `text`, as espeak-ng's ASCII phoneme names (`h`, `@`,
+        `oU`, `3:`), stress marks and pauses removed: what `say` speaks, without its timing."""
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ConfigError(f"espeak-ng has no voice {voice!r}")
+        remaining = ctypes.c_char_p(text.encode())
+        names: list[str] = []
+        while remaining.value:  # one clause per call; espeak-ng moves the pointer on
+            # textmode 1: UTF-8; phonememode: ASCII names, separated by spaces (bits 8-23)
+            clause = self._lib.espeak_TextToPhonemes(ctypes.byref(remaining), 1, ord(" ") << 8)
+            for name in (clause or b"").decode(errors="replace").split():
+                name = name.lstrip(_STRESS_MARKS)
+                if name and not name.startswith("_"):
+                    names.append(name)
+        return names
 
 
 def room_impulse_response(rate: int, rng: np.random.Generator) -> np.ndarray:

@@ -62,7 +62,7 @@ from .features import (
     min_input_length,
 )
 from .metrics import trainer_metrics
-from .model import ModelError, build_model
+from .model import PRETRAINED_LEARNING_RATE, ModelError, build_model, made_by_pretrain
 from .noise import load_recordings
 from .presets import PRESETS
 
@@ -83,7 +83,8 @@ class TrainConfig(DataConfig):
     epochs: float | None = None
     """Default 30 for a preset trained from scratch, 10 for a pretrained model."""
     learning_rate: float | None = None
-    """Default 1e-3 for a preset trained from scratch, 5e-5 for a pretrained model."""
+    """Default 1e-3 for a preset trained from scratch, 5e-4 for an encoder made by `voxclass
+    pretrain` (speech-tiny), 5e-5 for another pretrained model."""
     batch_size: int = 16
     """Per device."""
     grad_accum: int = 1
@@ -106,6 +107,9 @@ class TrainConfig(DataConfig):
     """Weight the loss by inverse class frequency (for imbalanced data; single-label only)."""
     freeze_feature_encoder: bool = True
     """Freeze the CNN feature encoder of a pretrained wav2vec2-family model."""
+    freeze_layers: int = 0
+    """Freeze the feature projection and the lowest N encoder layers of a pretrained model:
+    they keep what pretraining taught while the layers above adapt."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
@@ -516,9 +520,13 @@ def by_length(ds: Dataset) -> Dataset:
     return ds.select(np.argsort(np.asarray(ds["length"]), kind="stable"))
 
 
-def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArguments:
+def training_arguments(
+    config: TrainConfig, from_scratch: bool, small_pretrained: bool = False
+) -> TrainingArguments:
     """voxclass's defaults, then the config's own fields, then `config.training_args`; a value
-    TrainingArguments refuses is a ConfigError (before any data is read)."""
+    TrainingArguments refuses is a ConfigError (before any data is read). `small_pretrained`:
+    the model's encoder was made by `voxclass pretrain` (its own fine-tuning learning rate)."""
+    pretrained_rate = PRETRAINED_LEARNING_RATE if small_pretrained else 5e-5
     owned = set(config.training_args) & set(TRAINER_OWNED)
     if owned:
         name = sorted(owned)[0]
@@ -528,8 +536,8 @@ def training_arguments(config: TrainConfig, from_scratch: bool) -> TrainingArgum
         "output_dir": str(work_dir(config) / "checkpoints"),
         "num_train_epochs": config.epochs or (30 if from_scratch else 10),
         "max_steps": config.max_steps,
-        # From scratch, 1e-3 learned twice as fast as 5e-4 on the demo data; 2e-3 diverged.
-        "learning_rate": config.learning_rate or (1e-3 if from_scratch else 5e-5),
+        # A small model from scratch needs a far higher rate than fine-tuning a pretrained one.
+        "learning_rate": config.learning_rate or (1e-3 if from_scratch else pretrained_rate),
         "per_device_train_batch_size": config.batch_size,
         "per_device_eval_batch_size": config.batch_size * 2,
         "gradient_accumulation_steps": config.grad_accum,
@@ -591,6 +599,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     # problem_type tells Classifier and pipeline() to score each label with its own sigmoid.
     overrides = {"problem_type": "multi_label_classification"} if multi else {}
     model, extractor = build_model(config.model, labels, **overrides)
+    small_pretrained = made_by_pretrain(model.config)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
@@ -598,6 +607,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         np.asarray(decoded["train"]["length"]), rate
     )
     freeze_pretrained_encoder(model, from_scratch, config.freeze_feature_encoder)
+    freeze_lower_layers(model, from_scratch, config.freeze_layers)
     model.config.voxclass = {"max_seconds": max_seconds, "sampling_rate": rate}
 
     train_set = featurize(
@@ -620,6 +630,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         else test_set
     )
 
+    if small_pretrained:  # its learning rate is known only now that its config is read
+        args = training_arguments(config, from_scratch, small_pretrained)
     stops: list[TrainerCallback] = []
     if config.early_stopping:
         stops.append(EarlyStoppingCallback(config.early_stopping))
@@ -696,6 +708,23 @@ def freeze_pretrained_encoder(model, from_scratch: bool, enabled: bool) -> bool:
         model.freeze_feature_encoder()
         return True
     return False
+
+
+def freeze_lower_layers(model, from_scratch: bool, layers: int) -> None:
+    """Freeze the feature projection and the lowest `layers` encoder layers (`--freeze-layers`)."""
+    if not layers:
+        return
+    base = model.base_model
+    stack = getattr(getattr(base, "encoder", None), "layers", None)
+    if from_scratch or stack is None or not 0 < layers <= len(stack):
+        raise ModelError(
+            f"--freeze-layers {layers}: give 1 to the number of encoder layers "
+            f"({len(stack) if stack is not None else 'none here'}) of a pretrained model"
+        )
+    frozen = [getattr(base, "feature_projection", None), *stack[:layers]]
+    for module in filter(None, frozen):
+        for parameter in module.parameters():
+            parameter.requires_grad = False
 
 
 def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:

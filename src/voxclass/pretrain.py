@@ -1,0 +1,466 @@
+"""A speech encoder pretrained on speech synthesized on the fly, with phonemes as targets.
+
+Without the Hugging Face Hub every preset starts from random weights, and learns which sound
+differences are words and which are the speaker from a small labelled set alone. Here
+espeak-ng (`synth.Espeak`) says random text: words drawn from a frequency list (`wordfreq`,
+flattened so rarer words come up too), numbers, and the shipped phrase files' requests, in
+every English accent and every human-like voice variant, at a random rate, pitch and pitch
+range, through a random channel (telephone band, wideband, room reverberation;
+`synth.apply_channel`), with speed perturbation, gain and noise (`features.Augment`). The
+synthesizer also says which phonemes it speaks (`Espeak.phonemes`), so the target is free:
+CTC over the phoneme string teaches the encoder speech content, whoever says it, with no
+timing needed.
+
+The model is a stock `Wav2Vec2BertForCTC` with a preset's encoder (`tiny-fine` by default), so
+OUT is a plain `save_pretrained` directory: `voxclass train --model OUT` (or the shipped
+`speech-tiny`) loads its encoder under a new classification head.
+
+Training runs until `hours` of synthetic speech have been heard or `time_budget_minutes` have
+passed, whichever comes first; the learning rate follows a cosine over that progress. A fixed
+validation set (its own seed) gives the phoneme error rate of greedy CTC decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError
+from .features import Augment, extract_one, min_samples, pad_batch
+from .presets import PRESETS, preset_config
+from .synth import (
+    CHANNELS,
+    Espeak,
+    apply_channel,
+    english_accents,
+    fill_slots,
+    human_variants,
+    load_phrases,
+    shipped_phrase_files,
+)
+
+BLANK, UNKNOWN = "<pad>", "<unk>"
+"""CTC blank (also the padding id) and the id of a phoneme missing from the vocabulary."""
+VOCAB_WORDS = 3000
+"""The most frequent words, said in every accent, whose phonemes make the vocabulary."""
+MAX_RESTARTS = 20
+"""Synthesis workers that may die (an espeak-ng crash) before pretraining gives up."""
+MARKER = "pretrain.json"
+"""Written into every pretrain output: what made it, and how well it learned."""
+
+
+@dataclass
+class PretrainConfig:
+    """What `voxclass pretrain` makes."""
+
+    out: Path
+    """Output folder: a `save_pretrained` Wav2Vec2BertForCTC directory (+ vocab.json, card)."""
+    hours: float = 20.0
+    """Hours of synthetic speech to train on (each clip is new)."""
+    time_budget_minutes: float | None = None
+    """Stop after this much wall time, even if fewer hours were heard."""
+    preset: str = "tiny-fine"
+    """Encoder architecture: a Wav2Vec2-BERT preset (tiny, tiny-fine, small)."""
+    batch_size: int = 32
+    """Clips per step."""
+    learning_rate: float = 1e-3
+    """Peak learning rate (AdamW, linear warm-up, then cosine to zero)."""
+    warmup_steps: int = 300
+    """Steps of linear warm-up."""
+    max_words: int = 6
+    """Longest random word sequence in one clip."""
+    vocabulary_words: int = 20000
+    """Draw words from this many most frequent English words."""
+    validation_clips: int = 64
+    """Fixed clips (own seed) for the phoneme error rate."""
+    eval_minutes: float = 5.0
+    """Report validation loss and phoneme error rate this often."""
+    workers: int = 1
+    """Processes synthesizing clips while the model trains (0: in the training process)."""
+    seed: int = 0
+    """Same seed, same clips and initial weights."""
+
+
+def check(config: PretrainConfig) -> None:
+    """Settings that cannot work are a ConfigError before anything is made."""
+    spec = PRESETS.get(config.preset)
+    if spec is None or spec()[0].model_type != "wav2vec2-bert":
+        names = [n for n, s in PRESETS.items() if s()[0].model_type == "wav2vec2-bert"]
+        raise ConfigError(f"--preset {config.preset!r}: choose one of {', '.join(names)}")
+    if config.hours <= 0 or (config.time_budget_minutes or 1) <= 0:
+        raise ConfigError("--hours and --time-budget-minutes: give positive numbers")
+    if config.batch_size < 1 or config.max_words < 1 or config.validation_clips < 1:
+        raise ConfigError("--batch-size, --max-words, --validation-clips: give at least 1")
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / MARKER).is_file():
+        raise ConfigError(
+            f"{out}: exists and is not a `voxclass pretrain` output; give a new or empty folder"
+        )
+
+
+def word_list(size: int) -> tuple[list[str], np.ndarray]:
+    """The `size` most frequent English words (letters and apostrophes only) and sampling
+    weights: the square root of frequency, so that "the" is common but rarer words come up."""
+    import wordfreq
+
+    words = [
+        w for w in wordfreq.top_n_list("en", size) if w.replace("'", "").isalpha() and w != "'"
+    ]
+    weights = np.sqrt([wordfreq.word_frequency(w, "en") for w in words])
+    return words, weights / weights.sum()
+
+
+def phoneme_vocabulary(espeak: Espeak, accents: list[str], words: list[str]) -> dict[str, int]:
+    """Phoneme name -> id: blank 0, unknown 1, then every phoneme the accents use for `words`
+    (sorted, so the same espeak-ng gives the same ids)."""
+    seen: set[str] = set()
+    for accent in accents:
+        for i in range(0, len(words), 100):
+            seen.update(espeak.phonemes(" ".join(words[i : i + 100]), accent))
+    return {name: i for i, name in enumerate([BLANK, UNKNOWN, *sorted(seen)])}
+
+
+class TextMaker:
+    """Random text to say: word sequences (most clips), numbers, and shipped requests."""
+
+    def __init__(self, words: list[str], weights: np.ndarray, max_words: int) -> None:
+        self.words, self.weights, self.max_words = words, weights, max_words
+        self.phrases = [load_phrases(name) for name in shipped_phrase_files()]
+
+    def __call__(self, rng: np.random.Generator) -> str:
+        kind = rng.random()
+        if kind < 0.15:
+            phrases = self.phrases[rng.integers(len(self.phrases))]
+            phrasings = phrases.labels[list(phrases.labels)[rng.integers(len(phrases.labels))]]
+            seeded = random.Random(int(rng.integers(2**31)))
+            return fill_slots(phrasings[rng.integers(len(phrasings))], phrases.slots, seeded)
+        if kind < 0.3:  # digit strings ("4 0 7"), or a number espeak-ng reads out in words
+            if rng.random() < 0.5:
+                return " ".join(str(d) for d in rng.integers(0, 10, rng.integers(1, 8)))
+            return str(int(rng.integers(0, 10 ** int(rng.integers(1, 7)))))
+        n = int(rng.integers(1, self.max_words + 1))
+        return " ".join(rng.choice(self.words, size=n, p=self.weights))
+
+
+@dataclass
+class Voices:
+    """Every English accent and every human-like voice variant espeak-ng ships (the others,
+    such as `Demonic`, are not speech to learn from, and some crash espeak-ng in some
+    accents)."""
+
+    accents: list[str]
+    variants: list[str]
+
+    @classmethod
+    def of(cls, espeak: Espeak) -> Voices:
+        return cls(english_accents(espeak.data_path), human_variants(espeak.data_path))
+
+    def pick(self, rng: np.random.Generator) -> str:
+        return f"{self.accents[rng.integers(len(self.accents))]}+" + str(
+            self.variants[rng.integers(len(self.variants))]
+        )
+
+
+class ClipMaker:
+    """Synthetic clips at the model's rate, with their phoneme ids."""
+
+    def __init__(self, config: PretrainConfig, vocab: dict[str, int], rate: int) -> None:
+        self.espeak = Espeak()
+        self.voices = Voices.of(self.espeak)
+        self.text = TextMaker(*word_list(config.vocabulary_words), config.max_words)
+        self.vocab, self.rate = vocab, rate
+        self.augment = Augment(speed=(0.85, 1.2), shift_seconds=0.0, noise_snr_db=(5.0, 40.0))
+
+    def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        text, voice = self.text(rng), self.voices.pick(rng)
+        seed = int(rng.integers(2**31))
+        speech = self.espeak.say(
+            text,
+            voice,
+            rate=int(rng.integers(110, 230)),
+            pitch=int(rng.integers(15, 85)),
+            pitch_range=int(rng.integers(10, 90)),
+            seed=seed,
+        )
+        channel = CHANNELS[rng.integers(len(CHANNELS))]
+        wave = apply_channel(
+            speech, self.espeak.sampling_rate, self.rate, channel, rng.uniform(-65, -35), rng
+        )
+        wave = self.augment(wave, rng, self.rate)
+        unknown = self.vocab[UNKNOWN]
+        return wave, [self.vocab.get(p, unknown) for p in self.espeak.phonemes(text, voice)]
+
+
+def collate(
+    extractor: Any, clips: list[tuple[np.ndarray, list[int]]], rate: int, shortest: int
+) -> dict:
+    """Padded model inputs, CTC labels (-100 past each clip's phonemes) and seconds of audio;
+    `shortest`: see `features.min_samples`."""
+    import torch
+
+    batch = pad_batch(extractor, [extract_one(extractor, w, rate, shortest) for w, _ in clips])
+    longest = max(len(ids) for _, ids in clips)
+    labels = torch.full((len(clips), longest), -100, dtype=torch.long)
+    for row, (_, ids) in enumerate(clips):
+        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    batch["labels"] = labels
+    batch["seconds"] = sum(len(w) for w, _ in clips) / rate
+    return batch
+
+
+def _batches(
+    config: PretrainConfig, vocab: dict[str, int], extractor: Any, attempt: int
+) -> Iterator[dict]:
+    """Endless batches of new clips; each worker process (and restart) draws from its own
+    seed."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    rng = np.random.default_rng([config.seed, 1, attempt, info.id if info else 0])
+    rate = extractor.sampling_rate
+    make = ClipMaker(config, vocab, rate)
+    shortest = min_samples(extractor, sampling_rate=rate)
+    while True:
+        yield collate(extractor, [make(rng) for _ in range(config.batch_size)], rate, shortest)
+
+
+def _stream(config: PretrainConfig, vocab: dict[str, int], extractor: Any, log) -> Iterator[dict]:
+    """Batches from `config.workers` processes. espeak-ng is C code: a text that crashes it
+    (rare) kills only its worker, and a fresh worker, with a fresh seed, takes over."""
+    import torch.utils.data
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __init__(self, attempt: int) -> None:
+            self.attempt = attempt
+
+        def __iter__(self):
+            return _batches(config, vocab, extractor, self.attempt)
+
+    if not config.workers:
+        yield from Stream(0)
+        return
+    for attempt in range(MAX_RESTARTS + 1):
+        loader = torch.utils.data.DataLoader(
+            Stream(attempt), batch_size=None, num_workers=config.workers, prefetch_factor=4
+        )
+        try:
+            yield from loader
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err) or attempt == MAX_RESTARTS:
+                raise
+            log(f"a synthesis worker died ({str(err).splitlines()[0]}); starting another")
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    """Levenshtein distance between two id sequences."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def greedy_decode(logits: Any, lengths: Any) -> list[list[int]]:
+    """Best path: the most likely id per frame, repeats merged, blanks (id 0) dropped."""
+    best = logits.argmax(-1).tolist()
+    out = []
+    for ids, n in zip(best, lengths.tolist(), strict=True):
+        merged = [i for k, i in enumerate(ids[:n]) if i and (k == 0 or i != ids[k - 1])]
+        out.append(merged)
+    return out
+
+
+def evaluate(model: Any, batches: list[dict]) -> dict[str, float]:
+    """Mean CTC loss and phoneme error rate (greedy decoding) on fixed batches."""
+    import torch
+
+    model.eval()
+    losses, errors, total = [], 0, 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "seconds"}
+            out = model(**inputs)
+            losses.append(float(out.loss))
+            frames = model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1))
+            for hyp, ref in zip(greedy_decode(out.logits, frames), inputs["labels"], strict=True):
+                ref = [int(i) for i in ref if i >= 0]
+                errors += edit_distance(hyp, ref)
+                total += len(ref)
+    model.train()
+    return {"loss": float(np.mean(losses)), "phoneme_error_rate": errors / max(total, 1)}
+
+
+def build(config: PretrainConfig, vocab_size: int):
+    """A fresh Wav2Vec2BertForCTC with the preset's encoder, and the preset's extractor."""
+    from transformers import Wav2Vec2BertForCTC
+
+    model_config, extractor = preset_config(config.preset)
+    model_config.vocab_size = vocab_size
+    model_config.pad_token_id = 0  # the CTC blank
+    model_config.ctc_loss_reduction = "mean"
+    model_config.ctc_zero_infinity = True  # a clip said too fast for its frames: no inf loss
+    model_config.final_dropout = 0.1
+    return Wav2Vec2BertForCTC(model_config), extractor
+
+
+def train_step(model: Any, optimizer: Any, batch: dict) -> float:
+    """One optimizer step on a batch from `collate`; returns its CTC loss."""
+    import torch
+
+    loss = model(**{k: v for k, v in batch.items() if k != "seconds"}).loss
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def pretrain(config: PretrainConfig, log=print, command: str | None = None) -> dict:
+    """Pretrain and write OUT (through a temporary folder beside it); returns the summary.
+    `command`: the command line that asked for it, for the model card."""
+    import torch
+
+    check(config)
+    torch.manual_seed(config.seed)
+    espeak = Espeak()
+    voices = Voices.of(espeak)
+    vocab = phoneme_vocabulary(espeak, voices.accents, word_list(VOCAB_WORDS)[0])
+    model, extractor = build(config, len(vocab))
+    rate = extractor.sampling_rate
+    validation_rng = np.random.default_rng([config.seed, 2])
+    make = ClipMaker(config, vocab, rate)
+    shortest = min_samples(extractor, sampling_rate=rate)
+    validation = [
+        collate(extractor, [make(validation_rng) for _ in range(16)], rate, shortest)
+        for _ in range(math.ceil(config.validation_clips / 16))
+    ]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    budget = (config.time_budget_minutes or math.inf) * 60
+    target = config.hours * 3600
+    start = last_eval = time.perf_counter()
+    heard = 0.0
+    step = 0
+    losses: list[float] = []
+    history = [{"step": 0, "hours": 0.0, **evaluate(model, validation)}]
+    log(f"step 0: validation {history[-1]}")
+    model.train()
+    for batch in _stream(config, vocab, extractor, log):
+        progress = max(heard / target, (time.perf_counter() - start) / budget)
+        if progress >= 1:
+            break
+        warm = min(1.0, (step + 1) / config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * progress))
+        heard += batch["seconds"]
+        losses.append(train_step(model, optimizer, batch))
+        step += 1
+        if time.perf_counter() - last_eval >= config.eval_minutes * 60:
+            last_eval = time.perf_counter()
+            history.append(
+                {"step": step, "hours": heard / 3600, "train_loss": float(np.mean(losses[-50:])),
+                 **evaluate(model, validation)}
+            )
+            log(f"step {step}: {json.dumps(history[-1])}")
+    seconds = time.perf_counter() - start
+    final = {"step": step, "hours": heard / 3600, **evaluate(model, validation)}
+    if losses:
+        final["train_loss"] = float(np.mean(losses[-50:]))
+    history.append(final)
+    log(f"done: {json.dumps(final)}")
+    summary = {
+        "command": command,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "steps": step,
+        "hours_heard": heard / 3600,
+        "clips": step * config.batch_size,
+        "wall_seconds": seconds,
+        "final": final,
+        "history": history,
+        "voices": {"accents": voices.accents, "variants": voices.variants},
+        "phonemes": len(vocab),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads",
+    }
+    write(config, model, extractor, vocab, summary)
+    return summary
+
+
+def write(config: PretrainConfig, model: Any, extractor: Any, vocab: dict, summary: dict) -> None:
+    """The model directory, written beside OUT and renamed into place: a reader never sees a
+    half-written one, and an earlier pretrain output is replaced whole."""
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.config.voxclass = {"pretrained_by": "voxclass pretrain", "phonemes": len(vocab)}
+        model.save_pretrained(tmp)
+        extractor.save_pretrained(tmp)
+        (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1))
+        (tmp / MARKER).write_text(json.dumps(summary, indent=2))
+        (tmp / "README.md").write_text(card(summary))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def card(summary: dict) -> str:
+    """A model card saying exactly how the encoder was made."""
+    c, final = summary["config"], summary["final"]
+    command = summary["command"] or (
+        f"voxclass pretrain --out OUT --hours {c['hours']:g}"
+        + (f" --time-budget-minutes {c['time_budget_minutes']:g}"
+           if c["time_budget_minutes"] else "")
+        + f" --preset {c['preset']} --seed {c['seed']}"
+    )
+    return f"""---
+library_name: transformers
+tags: [audio, speech, ctc, phonemes, voxclass, synthetic-data]
+---
+# Speech encoder pretrained by `voxclass pretrain`
+
+A Wav2Vec2-BERT conformer (`{c['preset']}` preset: {summary['parameters']:,} parameters) trained
+with CTC to recognise the {summary['phonemes'] - 2} espeak-ng phonemes of synthetic English
+speech. Use it as a backbone: `voxclass train --model THIS_FOLDER` puts a new classification
+head on the encoder.
+
+## How it was made
+
+    {command}
+
+- Data: {summary['clips']:,} clips, {summary['hours_heard']:.2f} hours of speech, each synthesized
+  once, on the fly, by espeak-ng (espeakng-loader wheel): random sequences of up to
+  {c['max_words']} words from the {c['vocabulary_words']:,} most frequent English words
+  (wordfreq), numbers and voxclass's shipped phrase files; every English accent
+  ({len(summary['voices']['accents'])}) and human-like voice variant
+  ({len(summary['voices']['variants'])}), random rate, pitch and pitch range; telephone band,
+  wideband or room reverberation; speed perturbation, gain and noise. 8 kHz.
+- Targets: the phonemes espeak-ng says (`espeak_TextToPhonemes`), stress marks removed.
+- Training: {summary['steps']:,} steps of {c['batch_size']} clips, AdamW, peak learning
+  rate {c['learning_rate']:g}, cosine schedule; {summary['wall_seconds'] / 60:.1f} minutes on
+  {summary['machine']}.
+- Result on {c['validation_clips']} fixed validation clips: phoneme error rate
+  {final['phoneme_error_rate']:.3f} (greedy CTC decoding), CTC loss {final['loss']:.3f}.
+
+The voices are synthetic: what the encoder learned about real speakers is measured by fine-tuning
+(see voxclass's README, `benchmarks/pretrained_vs_scratch.py`), not by the figures above.
+"""

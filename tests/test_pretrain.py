@@ -1,0 +1,196 @@
+"""`voxclass pretrain` and the pretrained backbone path (`--model speech-tiny`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_tone_folder
+
+import voxclass.model
+from voxclass.config import ConfigError
+from voxclass.model import ModelError, build_model
+from voxclass.pretrain import (
+    MARKER,
+    ClipMaker,
+    PretrainConfig,
+    Voices,
+    build,
+    collate,
+    edit_distance,
+    greedy_decode,
+    phoneme_vocabulary,
+    pretrain,
+    train_step,
+    word_list,
+)
+from voxclass.synth import Espeak
+
+
+def short(out: Path, **fields) -> PretrainConfig:
+    """A pretrain run of seconds: a few tiny batches, in the test process."""
+    settings = dict(
+        out=out,
+        hours=0.01,
+        batch_size=4,
+        max_words=3,
+        vocabulary_words=500,
+        validation_clips=4,
+        workers=0,
+        warmup_steps=2,
+    )
+    return PretrainConfig(**{**settings, **fields})
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "encoder"
+    pretrain(short(out), log=lambda line: None)
+    return out
+
+
+def test_phonemes_of_known_words():
+    espeak = Espeak()
+    assert espeak.phonemes("hello", "en-us") == ["h", "@", "l", "oU"]
+    # numbers are read out, clause by clause, with stress marks and pauses removed
+    assert espeak.phonemes("seven. Two!", "en-us") == ["s", "E", "v", "@", "n", "t", "u:"]
+    with pytest.raises(ConfigError, match="no voice 'xx-nowhere'"):
+        espeak.phonemes("hello", "xx-nowhere")
+
+
+def test_shortened_pretrain_writes_a_loadable_directory(pretrained):
+    from transformers import AutoModelForAudioClassification, Wav2Vec2BertForCTC
+
+    summary = json.loads((pretrained / MARKER).read_text())
+    assert summary["steps"] >= 2 and summary["hours_heard"] >= 0.01
+    assert summary["final"]["phoneme_error_rate"] >= 0 and np.isfinite(summary["final"]["loss"])
+    assert len(summary["voices"]["accents"]) > 3 and len(summary["voices"]["variants"]) > 10
+    vocab = json.loads((pretrained / "vocab.json").read_text())
+    assert vocab["<pad>"] == 0 and "oU" in vocab
+    card = (pretrained / "README.md").read_text()
+    assert "voxclass pretrain --out" in card and f"{summary['clips']:,} clips" in card
+
+    ctc = Wav2Vec2BertForCTC.from_pretrained(pretrained)
+    assert ctc.config.vocab_size == len(vocab)
+    classifier = AutoModelForAudioClassification.from_pretrained(pretrained, num_labels=3)
+    for name, value in ctc.wav2vec2_bert.state_dict().items():
+        assert classifier.wav2vec2_bert.state_dict()[name].equal(value), name
+
+
+def test_pretrain_steps_lower_the_loss_on_a_fixed_batch():
+    import torch
+
+    torch.manual_seed(0)
+    config = short(Path("unused"), vocabulary_words=300)
+    espeak = Espeak()
+    vocab = phoneme_vocabulary(espeak, Voices.of(espeak).accents, word_list(300)[0])
+    model, extractor = build(config, len(vocab))
+    make = ClipMaker(config, vocab, extractor.sampling_rate)
+    rng = np.random.default_rng(3)
+    batch = collate(extractor, [make(rng) for _ in range(4)], extractor.sampling_rate, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = [train_step(model, optimizer, batch) for _ in range(12)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_greedy_decoding_and_edit_distance():
+    import torch
+
+    logits = torch.full((1, 6, 4), -5.0)
+    for frame, best in enumerate([2, 2, 0, 2, 3, 0]):
+        logits[0, frame, best] = 5.0
+    assert greedy_decode(logits, torch.tensor([6])) == [[2, 2, 3]]
+    assert greedy_decode(logits, torch.tensor([2])) == [[2]]
+    assert edit_distance([2, 2, 3], [2, 3]) == 1 and edit_distance([], [1, 2]) == 2
+
+
+def test_pretrain_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a `voxclass pretrain` output"):
+        pretrain(short(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="--preset 'tiny-wav2vec2'"):
+        pretrain(short(tmp_path / "new", preset="tiny-wav2vec2"))
+
+
+@pytest.fixture
+def shipped(monkeypatch, tmp_path, pretrained) -> Path:
+    """`speech-tiny` resolved to a copy of the shortened pretrain output."""
+    folder = tmp_path / "speech-tiny"
+    shutil.copytree(pretrained, folder)
+    monkeypatch.setattr(voxclass.model, "pretrained_dir", lambda name: folder)
+    return folder
+
+
+def test_train_speech_tiny_fine_tunes_and_loads_in_pipeline(
+    shipped, tmp_path, monkeypatch, capsys, no_network
+):
+    from transformers import pipeline
+
+    from voxclass.audio import load_audio
+
+    data = write_tone_folder(tmp_path / "tones", per_class=4, splits=True)
+    code, out, err = run_cli(
+        monkeypatch, capsys, "train", "--data", data, "--model", "speech-tiny",
+        "--output", tmp_path / "m", "--epochs", "1", "--batch-size", "4",
+        "--freeze-layers", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["labels"] == ["high", "low", "mid"]
+    classify = pipeline("audio-classification", model=str(tmp_path / "m"), device="cpu")
+    clip = next((data / "test").glob("*/*.wav"))
+    rate = classify.feature_extractor.sampling_rate
+    top = classify({"raw": load_audio(clip, rate), "sampling_rate": rate}, top_k=3)
+    assert {p["label"] for p in top} == {"high", "low", "mid"}
+    assert no_network == []
+
+
+def test_speech_tiny_uses_the_pretrained_learning_rate(shipped):
+    from voxclass.model import PRETRAINED_LEARNING_RATE, made_by_pretrain
+    from voxclass.train import TrainConfig, training_arguments
+
+    model, _ = build_model("speech-tiny", ["a", "b"])
+    assert made_by_pretrain(model.config)
+    config = TrainConfig(source="unused", model="speech-tiny")
+    args = training_arguments(config, from_scratch=False, small_pretrained=True)
+    assert args.learning_rate == PRETRAINED_LEARNING_RATE and args.num_train_epochs == 10
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_missing_or_corrupt_shipped_weights_are_one_line_errors(
+    shipped, damage, tmp_path, monkeypatch, capsys
+):
+    weights = shipped / "model.safetensors"
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="speech-tiny: the shipped weights .* missing or corrupt"):
+        build_model("speech-tiny", ["a", "b"])
+    data = write_tone_folder(tmp_path / "tones", per_class=2, splits=True)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", "--data", data, "--model", "speech-tiny",
+        "--output", tmp_path / "m",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "reinstall voxclass" in err and not (tmp_path / "m").exists()
+
+
+def test_speech_tiny_without_shipped_weights_says_how_to_make_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(voxclass.model, "pretrained_dir", lambda name: tmp_path / name)
+    with pytest.raises(ModelError, match="ships no weights .*`voxclass pretrain --out DIR`"):
+        build_model("speech-tiny", ["a", "b"])
+
+
+def test_cli_pretrain_needs_an_output_folder_and_says_so(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "pretrain", "--hours", "1")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "error: --out is required (on the command line or as `out:` in --config)"
+    ]
