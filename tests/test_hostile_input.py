@@ -155,7 +155,7 @@ CATALOGUE = [
     Case("--top-k not a number", (*P, "{d}/good.wav", "--top-k", "x"), "error", "--top-k"),
     Case("evaluate without --data", ("evaluate", "{m}"), "error", "--data"),
     Case("train without --data", ("train", "--model", "tiny"), "error", "--data"),
-    Case("predict without inputs", ("predict", "{m}"), "error", "'inputs'"),
+    Case("predict without inputs", ("predict", "{m}"), "error", "INPUTS is required"),
     Case("data with 2 of the model's 3 labels", ("evaluate", "{m}", "--data", "{d}/two_labels",
                                                  "--out", "{d}/eval2"), "ok",
          check=_two_label_report),
