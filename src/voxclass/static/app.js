@@ -185,6 +185,21 @@ function showResult(prediction, name) {
 
 // ---------------------------------------------------------------- microphone
 
+// The microphone's stream, or null after showing why there is none (`purpose`: what the
+// user was about to do, for the message).
+async function openMicrophone(purpose) {
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    showError(
+      err.name === "NotAllowedError"
+        ? `Microphone permission was denied. Allow it in the browser to ${purpose}.`
+        : `No microphone available (${err.message}).`,
+    );
+    return null;
+  }
+}
+
 async function toggleRecording() {
   const button = $("record");
   if (state.recorder) {
@@ -198,17 +213,8 @@ async function toggleRecording() {
     showError("This browser cannot record here (recording needs https or localhost).");
     return;
   }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (err) {
-    showError(
-      err.name === "NotAllowedError"
-        ? "Microphone permission was denied. Allow it in the browser to record."
-        : `No microphone available (${err.message}).`,
-    );
-    return;
-  }
+  const stream = await openMicrophone("record");
+  if (!stream) return;
   const recorder = new MediaRecorder(stream);
   const chunks = [];
   recorder.ondataavailable = (event) => chunks.push(event.data);
@@ -264,17 +270,8 @@ async function toggleLive() {
     showError("This browser cannot listen live here (it needs https or localhost).");
     return;
   }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (err) {
-    showError(
-      err.name === "NotAllowedError"
-        ? "Microphone permission was denied. Allow it in the browser to listen live."
-        : `No microphone available (${err.message}).`,
-    );
-    return;
-  }
+  const stream = await openMicrophone("listen live");
+  if (!stream) return;
   const context = new AudioContext();
   await context.resume(); // a context made after an await may start suspended
   await context.audioWorklet.addModule(
