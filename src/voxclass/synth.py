@@ -31,6 +31,8 @@ import random
 import re
 import shutil
 import string
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,12 +215,21 @@ class SynthConfig:
     """espeak-ng English accents to use (e.g. en-us,en-gb-x-rp); default: every one shipped."""
     variants: list[str] | None = None
     """espeak-ng voice variants to use (e.g. m1,f2); default: every human-like one shipped."""
+    flite: list[str] | None = None
+    """Also speak with these voices of Debian's flite (`apt-get install flite`): names such as
+    slt,rms,awb,kal16, or `all` for every one installed. Default: espeak-ng only."""
+    flite_share: float = 0.5
+    """With `flite`: the fraction of clips its voices say (the rest: espeak-ng's)."""
     channel: str = "telephone"
     """telephone (300-3400 Hz band), wideband, or room (wideband with reverberation)."""
     sampling_rate: int = 8000
     """Stored rate, 8000 or 16000 Hz; 8 kHz telephone audio like MInDS-14 by default."""
     noise_db: float = -45.0
     """Level of the background noise added on the line (dBFS, RMS)."""
+    remix: float = 0.0
+    """Fraction of training clips whose text is a new sentence remixed from the label's
+    phrasings (the start of one joined to the end of another, a word or two dropped, a
+    filler added), so that a model learns the words that carry a label, not whole sentences."""
     seed: int = 0
     """Same seed, same files, bit for bit."""
 
@@ -255,6 +266,10 @@ def check(config: SynthConfig) -> None:
     for name in ("test_voice_fraction", "new_wording_fraction"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: give a fraction in [0, 1)")
+    if not 0 <= config.flite_share <= 1:
+        raise ConfigError(f"--flite-share {config.flite_share}: give a fraction in [0, 1]")
+    if not 0 <= config.remix <= 1:
+        raise ConfigError(f"--remix {config.remix}: give a fraction in [0, 1]")
     uses_test_voices = config.test_per_label or config.new_wording_per_label
     if uses_test_voices and not config.test_voice_fraction:
         raise ConfigError("test clips need test voices: give --test-voice-fraction above 0")
@@ -349,6 +364,50 @@ class Espeak:
         return names
 
 
+class Flite:
+    """Debian's flite command-line synthesizer: a few more natural voices than espeak-ng's."""
+
+    sampling_rate = 16000
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("flite")
+        if self.binary is None:
+            raise ConfigError(
+                "--flite: the flite synthesizer is not installed (apt-get install "
+                "flite), or leave --flite out"
+            )
+        listing = subprocess.run([self.binary, "-lv"], capture_output=True, text=True).stdout
+        self.voices = sorted(set(listing.split(":", 1)[-1].split()) - {"awb_time"})
+
+    def chosen(self, names: list[str]) -> list[str]:
+        """The voices to use (`all`: every installed one); one it lacks is a ConfigError."""
+        if names == ["all"]:
+            return self.voices
+        missing = [n for n in names if n not in self.voices]
+        if missing:
+            raise ConfigError(
+                f"--flite: flite has no voice {', '.join(map(repr, missing))} "
+                f"(it has: {', '.join(self.voices)})"
+            )
+        return list(names)
+
+    def say(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+        """Speak `text`; float32 mono at `self.sampling_rate`. flite has no pitch setting that
+        keeps each voice's own register, so `pitch` (25-75, as for espeak-ng) resamples the
+        speech by 0.88-1.12: a shorter or longer vocal tract, as speed perturbation does."""
+        with tempfile.TemporaryDirectory(prefix="voxclass-flite-") as tmp:
+            path = os.path.join(tmp, "say.wav")
+            stretch = f"duration_stretch={170 / rate:.3f}"  # espeak-ng's words/min, about
+            subprocess.run(
+                [self.binary, "-voice", voice, "-t", text, "-o", path, "--setf", stretch],
+                check=True,
+                capture_output=True,
+            )
+            wave, rate_in = sf.read(path, dtype="float32")
+        warp = 0.88 + 0.24 * (pitch - 25) / 50
+        return soxr.resample(wave, rate_in, round(self.sampling_rate * warp)).astype(np.float32)
+
+
 def room_impulse_response(rate: int, rng: np.random.Generator) -> np.ndarray:
     """A simple room: the direct sound, then exponentially decaying noise (the diffuse tail)
     with a reverberation time (RT60) of 0.2-0.7 s and a random direct-to-reverberant ratio."""
@@ -394,6 +453,21 @@ def fill_slots(phrasing: str, slots: dict[str, list[str]], rng: random.Random) -
     return phrasing.format(**{f: rng.choice(slots[f]) for f in dict.fromkeys(fields)})
 
 
+# Words said anywhere in a request: put around a remixed sentence, they carry no label.
+FILLERS = ("um", "uh", "hi", "hello", "so", "yeah", "okay", "well", "please", "sorry", "right")
+
+
+def remix(templates: list[str], rng: random.Random) -> str:
+    """A new phrasing from a label's phrasings: the first words of one and the last words of
+    another (cut at random word boundaries), each remaining word kept with probability 0.9 and
+    a filler word put before or after. Slot fields stay whole, to be filled as usual."""
+    first, second = rng.choice(templates).split(), rng.choice(templates).split()
+    words = first[: rng.randint(1, len(first))] + second[rng.randint(0, len(second) - 1) :]
+    kept = [w for w in words if rng.random() < 0.9] or words
+    filler = rng.choice(FILLERS)
+    return " ".join([filler, *kept] if rng.random() < 0.5 else [*kept, filler])
+
+
 def split_voices(variants: list[str], test_fraction: float, seed: int) -> tuple[list, list]:
     """Partition voice variants into train and test sets (disjoint, deterministic); with
     `test_fraction` 0 every variant is a training one."""
@@ -415,9 +489,18 @@ def split_wording(phrasings: list[str], fraction: float, label: str) -> tuple[li
     return phrasings[:-held_out], phrasings[-held_out:]
 
 
-def plan(config: SynthConfig, phrases: Phrases, accents: list, variants: list) -> Iterator[dict]:
-    """Every clip to make: label, text, voice and prosody, drawn from one seeded generator."""
+def plan(
+    config: SynthConfig, phrases: Phrases, accents: list, variants: list, flite: list = ()
+) -> Iterator[dict]:
+    """Every clip to make: label, text, voice and prosody, drawn from one seeded generator.
+    A clip said by flite voice `v` has voice `flite:v`."""
     rng = random.Random(config.seed)
+    # flite and remixing draw from generators of their own: voices, prosody and every other
+    # clip stay the same with and without them, so comparisons differ in one thing only.
+    flite_rng = random.Random(f"flite-{config.seed}")
+    flite_train, flite_test = split_voices(list(flite), config.test_voice_fraction, config.seed)
+    flite_pools = {"train": flite_train, "validation": flite_train}
+    remix_rng = random.Random(f"remix-{config.seed}")
     train_variants, test_variants = split_voices(variants, config.test_voice_fraction, config.seed)
     pools = {"train": train_variants, "validation": train_variants}
     wording = {
@@ -432,12 +515,19 @@ def plan(config: SynthConfig, phrases: Phrases, accents: list, variants: list) -
         for label in phrases.labels:
             templates = wording[label][split == NEW_WORDING_SPLIT]
             for i in range(count):
+                text = fill_slots(templates[i % len(templates)], phrases.slots, rng)
+                voice = f"{rng.choice(accents)}+{rng.choice(pools.get(split, test_variants))}"
+                flite_voices = flite_pools.get(split, flite_test)
+                if flite_voices and flite_rng.random() < config.flite_share:
+                    voice = f"flite:{flite_rng.choice(flite_voices)}"
+                if split == "train" and remix_rng.random() < config.remix:
+                    text = fill_slots(remix(templates, remix_rng), phrases.slots, remix_rng)
                 yield {
                     "split": split,
                     "label": label,
                     "file_name": f"{split}/{label}/{label}_{i:04d}.wav",
-                    "text": fill_slots(templates[i % len(templates)], phrases.slots, rng),
-                    "voice": f"{rng.choice(accents)}+{rng.choice(pools.get(split, test_variants))}",
+                    "text": text,
+                    "voice": voice,
                     "rate": rng.randint(130, 210),
                     "pitch": rng.randint(25, 75),
                     "range": rng.randint(20, 80),
@@ -465,17 +555,31 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
             f"{out}: exists and is not a `voxclass synth` output; give a new or empty folder"
         )
     espeak = Espeak()
-    rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path)))
+    flite = Flite() if config.flite else None
+    flite_voices = flite.chosen(config.flite) if flite else []
+    if flite_voices and config.test_voice_fraction and len(flite_voices) < 2:
+        raise ConfigError(
+            "--flite: test voices must differ from training voices, so give at "
+            "least two flite voices (or --test-voice-fraction 0 without test clips)"
+        )
+    rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path), flite_voices))
     tmp = staging_folder(out)
     start = time.perf_counter()
     try:
         for row in rows:
-            speech = espeak.say(
-                row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
-            )
+            if row["voice"].startswith("flite:"):
+                speech, rate = (
+                    flite.say(row["text"], row["voice"][6:], row["rate"], row["pitch"]),
+                    flite.sampling_rate,
+                )
+            else:
+                speech = espeak.say(
+                    row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
+                )
+                rate = espeak.sampling_rate
             wave = apply_channel(
                 speech,
-                espeak.sampling_rate,
+                rate,
                 config.sampling_rate,
                 config.channel,
                 config.noise_db,
