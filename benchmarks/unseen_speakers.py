@@ -71,8 +71,11 @@ class Variant:
     args: dict = field(default_factory=dict)
     """TrainingArguments attributes."""
     synth: dict = field(default_factory=dict)
-    """`{"per_label": N}`: add N synthetic digit words per label (`synth_digits`) to the
-    training split only (speakers check)."""
+    """`{"per_label": N, ...}`: add N synthetic digit words per label (`digit_words`; other
+    keys are SynthConfig fields) to the training split only (speakers check)."""
+    wording: dict = field(default_factory=dict)
+    """SynthConfig fields for the new-wording check's data (e.g. `remix`): only its training
+    texts may differ, its test clips stay the same."""
 
     def __add__(self, other: Variant) -> Variant:
         return Variant(
@@ -98,6 +101,11 @@ VARIANTS: dict[str, Variant] = {
         extractor={"num_mel_bins": 64, "feature_size": 64, "stride": 2},
     ),
     "plus_synth": Variant(synth={"per_label": 150}),
+    # the same number of digit words said by Debian's flite voices only
+    "plus_flite": Variant(synth={"per_label": 150, "flite": ["all"], "flite_share": 1.0}),
+    # new-wording check: half (or all) of the training texts remixed from the label's phrasings
+    "remix50": Variant(wording={"remix": 0.5}),
+    "remix100": Variant(wording={"remix": 1.0}),
     "nospecaug": Variant(model={"mask_time_prob": 0.0, "mask_feature_prob": 0.0}),
     "specaug2": Variant(model={"mask_time_prob": 0.1, "mask_feature_prob": 0.1}),
     "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
@@ -267,9 +275,9 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     return by_split
 
 
-def digit_words(out: Path, per_label: int) -> dict[str, list[dict]]:
+def digit_words(out: Path, per_label: int, **settings) -> dict[str, list[dict]]:
     """Synthetic digit words (`phrases/digits.yaml`; every voice, wideband at FSDD's 8 kHz)
-    in train and validation splits."""
+    in train and validation splits; `settings`: more SynthConfig fields."""
     from voxclass.synth import SynthConfig, synthesize
 
     synthesize(
@@ -282,6 +290,7 @@ def digit_words(out: Path, per_label: int) -> dict[str, list[dict]]:
             test_voice_fraction=0.0,
             channel="wideband",
             sampling_rate=8000,
+            **settings,
         )
     )
     return synth_rows(out)
@@ -301,15 +310,20 @@ def added_synth(variant: Variant, tmp: Path, quick: bool, lock: Path | None) -> 
     """The variant's synthetic digit words for the training split (none for most variants)."""
     if not variant.synth:
         return []
-    per_label = 5 if quick else variant.synth["per_label"]
+    settings = dict(variant.synth)
+    per_label = 5 if quick else settings.pop("per_label")
+    settings.pop("per_label", None)
+    folder = tmp / re.sub(r"\W", "_", f"added-{per_label}-{settings}")
     with locked(lock):
-        return digit_words(tmp / f"added-{per_label}", per_label)["train"]
+        return digit_words(folder, per_label, **settings)["train"]
 
 
-def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
+def new_wording(
+    rows: list[dict], work: Path, quick: bool, settings: dict | None = None
+) -> dict[str, dict[str, list[dict]]]:
     """Synthetic banking requests: train on half of each intent's phrasings; test on unseen
     voices saying trained phrasings, and unseen voices saying the other half (`rows`, the real
-    clips, are not used)."""
+    clips, are not used). `settings`: more SynthConfig fields (a variant's `wording`)."""
     from voxclass.synth import NEW_WORDING_SPLIT, SynthConfig, synthesize
 
     per_label = 4 if quick else 60
@@ -323,6 +337,7 @@ def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str
             test_per_label=max(2, per_label // 3),
             new_wording_per_label=max(2, per_label // 3),
             new_wording_fraction=0.5,
+            **(settings or {}),
         )
     )
     synth = synth_rows(out)
@@ -383,10 +398,16 @@ def main() -> None:
                         held["train"] = held["train"] + added
                         runs.append((check, name, held_out, held, {held_out: held["test"]}))
                 continue
-            make = synth_digits if check == "synth-digits" else new_wording
-            with locked(args.lock):
-                made = make(rows, Path(tmp) / check, args.quick)
-            runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
+            if check == "synth-digits":
+                with locked(args.lock):
+                    made = synth_digits(rows, Path(tmp) / check, args.quick)
+                runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
+                continue
+            for name, variant in variants.items():
+                work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-data")
+                with locked(args.lock):
+                    made = new_wording(rows, work, args.quick, variant.wording)
+                runs.append((check, name, check, made["splits"], made["tests"]))
         for check, name, label, splits, tests in runs:
             work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
             work.mkdir()
