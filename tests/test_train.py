@@ -27,9 +27,11 @@ from voxclass.config import ConfigError, build_config, parse_overrides, recover_
 from voxclass.model import ModelError, build_model
 from voxclass.train import (
     OUTPUT_MARKERS,
+    PatientEarlyStopping,
     TrainConfig,
     augmentation,
     class_weighted_loss,
+    early_stopping_start,
     freeze_pretrained_encoder,
     last_complete_checkpoint,
     loss_function,
@@ -414,6 +416,7 @@ def reference_run(tmp_path_factory):
         "batch_size": 4,
         "augment_copies": 1,
         "early_stopping": 2,
+        "early_stopping_from": 0,  # the count from the first evaluation (the floor: below)
     }
     (root / "snapshots").mkdir()
     code, steps = _drive(
@@ -458,6 +461,43 @@ def test_early_stopping_stops_patience_evaluations_after_the_best(reference_run)
     assert expected_stop == len(evals) - 1, evals  # stopped at that evaluation, not later
     steps_per_epoch = 18 // 4 + 1  # 18 training clips in batches of 4
     assert reference_run["steps"][-1][0] == evals[-1][0] < 10 * steps_per_epoch
+
+
+def test_early_stopping_waits_until_validation_leaves_chance():
+    """10 labels: the count starts at macro-F1 0.325. Five evaluations at chance do not stop
+    a from-scratch run; once it learns, two without a better score do. A resumed run's
+    callback, rebuilt from its saved state, goes on counting where it was."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    config = TrainConfig(source="x", early_stopping=2)
+    assert early_stopping_start(config, 10, multi_label=False) == pytest.approx(0.325)
+    assert early_stopping_start(config, 10, multi_label=True) == 0.0
+    assert early_stopping_start(TrainConfig(source="x", early_stopping_from=0.6), 10, False) == 0.6
+    args = TrainingArguments("unused", metric_for_best_model="macro_f1", greater_is_better=True)
+
+    def run(callback, scores, state):
+        stopped_at = None
+        for i, score in enumerate(scores):
+            control = TrainerControl()
+            callback.on_evaluate(args, state, control, metrics={"eval_macro_f1": score})
+            state.best_metric = max(state.best_metric or score, score)  # as the Trainer does
+            if control.should_training_stop:
+                stopped_at = i
+                break
+        return stopped_at
+
+    scores = [0.10, 0.09, 0.11, 0.10, 0.08, 0.50, 0.45, 0.44, 0.60]
+    assert run(PatientEarlyStopping(2, start=0.325), scores, TrainerState()) == 7
+    assert run(PatientEarlyStopping(2, start=0.0), scores, TrainerState()) == 4  # plain patience
+
+    first = PatientEarlyStopping(2, start=0.325)
+    state = TrainerState()
+    assert run(first, scores[:7], state) is None  # killed after the evaluation scoring 0.45
+    saved = first.state()
+    resumed = PatientEarlyStopping(**saved["args"])
+    for name, value in saved["attributes"].items():
+        setattr(resumed, name, value)
+    assert run(resumed, scores[7:], state) == 0  # 0.44: the second without a better score
 
 
 @pytest.mark.slow

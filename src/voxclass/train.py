@@ -95,6 +95,11 @@ class TrainConfig(DataConfig):
     """AdamW weight decay."""
     early_stopping: int = 5
     """Stop after this many evaluations without a better macro-F1 (0: never)."""
+    early_stopping_from: float | None = None
+    """Start counting those evaluations only once validation macro-F1 has reached this.
+    Default: a quarter of the way from chance (1 / number of labels) to 1 for one label per
+    clip, 0 with several. From scratch on a small, noisy validation split a model can sit at
+    chance for many epochs before it learns; counting from the start would stop it there."""
     augment: bool = True
     """Random gain, noise and time shift in training (SpecAugment comes from the model config)."""
     augment_noise: str | None = None
@@ -464,6 +469,37 @@ class VoxTrainer(Trainer):
         )
 
 
+class PatientEarlyStopping(EarlyStoppingCallback):
+    """Early stopping whose patience starts once the best validation score reaches `start`."""
+
+    def __init__(self, early_stopping_patience: int = 1, start: float = 0.0):
+        super().__init__(early_stopping_patience)
+        self.start = start
+        self.best = float("-inf")
+
+    def check_metric_value(self, args, state, control, metric_value):
+        super().check_metric_value(args, state, control, metric_value)
+        self.best = max(self.best, metric_value)
+        if self.best < self.start:
+            self.early_stopping_patience_counter = 0
+
+    def state(self) -> dict:  # what a resumed run restores (restore_callback_states_...)
+        saved = super().state()
+        saved["args"] = {
+            "early_stopping_patience": self.early_stopping_patience,
+            "start": self.start,
+        }
+        saved["attributes"]["best"] = self.best
+        return saved
+
+
+def early_stopping_start(config: TrainConfig, num_labels: int, multi_label: bool) -> float:
+    """The macro-F1 from which early stopping counts (see `TrainConfig.early_stopping_from`)."""
+    if config.early_stopping_from is not None:
+        return config.early_stopping_from
+    return 0.0 if multi_label else 0.25 + 0.75 / num_labels
+
+
 class TimeBudget(TrainerCallback):
     """Ends training once the wall-clock budget is spent; the epoch ends early and, like any
     epoch end, is evaluated and checkpointed, so the best model so far is kept. It asks for
@@ -634,7 +670,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         args = training_arguments(config, from_scratch, small_pretrained)
     stops: list[TrainerCallback] = []
     if config.early_stopping:
-        stops.append(EarlyStoppingCallback(config.early_stopping))
+        start = early_stopping_start(config, len(labels), multi)
+        stops.append(PatientEarlyStopping(config.early_stopping, start))
     if config.time_budget_minutes:
         stops.append(TimeBudget(config.time_budget_minutes))
     logs = [EpochLog(selected_on)] if args.disable_tqdm else []
