@@ -3,7 +3,8 @@
 Without the Hugging Face Hub every preset starts from random weights, and learns which sound
 differences are words and which are the speaker from a small labelled set alone. Here
 espeak-ng (`synth.Espeak`) says random text: words drawn from a frequency list (`wordfreq`,
-flattened so rarer words come up too), numbers, and the shipped phrase files' requests, in
+flattened so rarer words come up too) and numbers, never the shipped phrase files' requests
+(a fine-tuned model's unseen-wording figure would then count sentences the encoder heard), in
 every English accent and every human-like voice variant, at a random rate, pitch and pitch
 range, through a random channel (telephone band, wideband, room reverberation;
 `synth.apply_channel`), with speed perturbation, gain and noise (`features.Augment`). The
@@ -26,7 +27,6 @@ import json
 import math
 import os
 import platform
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -44,10 +44,7 @@ from .synth import (
     Espeak,
     apply_channel,
     english_accents,
-    fill_slots,
     human_variants,
-    load_phrases,
-    shipped_phrase_files,
 )
 
 BLANK, UNKNOWN = "<pad>", "<unk>"
@@ -132,20 +129,13 @@ def phoneme_vocabulary(espeak: Espeak, accents: list[str], words: list[str]) -> 
 
 
 class TextMaker:
-    """Random text to say: word sequences (most clips), numbers, and shipped requests."""
+    """Random text to say: word sequences (most clips) and numbers."""
 
     def __init__(self, words: list[str], weights: np.ndarray, max_words: int) -> None:
         self.words, self.weights, self.max_words = words, weights, max_words
-        self.phrases = [load_phrases(name) for name in shipped_phrase_files()]
 
     def __call__(self, rng: np.random.Generator) -> str:
-        kind = rng.random()
-        if kind < 0.15:
-            phrases = self.phrases[rng.integers(len(self.phrases))]
-            phrasings = phrases.labels[list(phrases.labels)[rng.integers(len(phrases.labels))]]
-            seeded = random.Random(int(rng.integers(2**31)))
-            return fill_slots(phrasings[rng.integers(len(phrasings))], phrases.slots, seeded)
-        if kind < 0.3:  # digit strings ("4 0 7"), or a number espeak-ng reads out in words
+        if rng.random() < 0.15:  # digit strings ("4 0 7"), or a number espeak-ng reads out in words
             if rng.random() < 0.5:
                 return " ".join(str(d) for d in rng.integers(0, 10, rng.integers(1, 8)))
             return str(int(rng.integers(0, 10 ** int(rng.integers(1, 7)))))
@@ -450,7 +440,7 @@ head on the encoder.
 - Data: {summary['clips']:,} clips, {summary['hours_heard']:.2f} hours of speech, each synthesized
   once, on the fly, by espeak-ng (espeakng-loader wheel): random sequences of up to
   {c['max_words']} words from the {c['vocabulary_words']:,} most frequent English words
-  (wordfreq), numbers and voxclass's shipped phrase files; every English accent
+  (wordfreq) and numbers; every English accent
   ({len(summary['voices']['accents'])}) and human-like voice variant
   ({len(summary['voices']['variants'])}), random rate, pitch and pitch range; telephone band,
   wideband or room reverberation; speed perturbation, gain and noise. 8 kHz.
