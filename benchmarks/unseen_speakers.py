@@ -73,9 +73,6 @@ class Variant:
     synth: dict = field(default_factory=dict)
     """`{"per_label": N, ...}`: add N synthetic digit words per label (`digit_words`; other
     keys are SynthConfig fields) to the training split only (speakers check)."""
-    wording: dict = field(default_factory=dict)
-    """SynthConfig fields for the new-wording check's data (e.g. `remix`): only its training
-    texts may differ, its test clips stay the same."""
 
     def __add__(self, other: Variant) -> Variant:
         return Variant(
@@ -103,9 +100,6 @@ VARIANTS: dict[str, Variant] = {
     "plus_synth": Variant(synth={"per_label": 150}),
     # the same number of digit words said by Debian's flite voices only
     "plus_flite": Variant(synth={"per_label": 150, "flite": ["all"], "flite_share": 1.0}),
-    # new-wording check: half (or all) of the training texts remixed from the label's phrasings
-    "remix50": Variant(wording={"remix": 0.5}),
-    "remix100": Variant(wording={"remix": 1.0}),
     "nospecaug": Variant(model={"mask_time_prob": 0.0, "mask_feature_prob": 0.0}),
     "specaug2": Variant(model={"mask_time_prob": 0.1, "mask_feature_prob": 0.1}),
     "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
@@ -318,12 +312,10 @@ def added_synth(variant: Variant, tmp: Path, quick: bool, lock: Path | None) -> 
         return digit_words(folder, per_label, **settings)["train"]
 
 
-def new_wording(
-    rows: list[dict], work: Path, quick: bool, settings: dict | None = None
-) -> dict[str, dict[str, list[dict]]]:
+def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
     """Synthetic banking requests: train on half of each intent's phrasings; test on unseen
     voices saying trained phrasings, and unseen voices saying the other half (`rows`, the real
-    clips, are not used). `settings`: more SynthConfig fields (a variant's `wording`)."""
+    clips, are not used)."""
     from voxclass.synth import NEW_WORDING_SPLIT, SynthConfig, synthesize
 
     per_label = 4 if quick else 60
@@ -337,7 +329,6 @@ def new_wording(
             test_per_label=max(2, per_label // 3),
             new_wording_per_label=max(2, per_label // 3),
             new_wording_fraction=0.5,
-            **(settings or {}),
         )
     )
     synth = synth_rows(out)
@@ -398,16 +389,10 @@ def main() -> None:
                         held["train"] = held["train"] + added
                         runs.append((check, name, held_out, held, {held_out: held["test"]}))
                 continue
-            if check == "synth-digits":
-                with locked(args.lock):
-                    made = synth_digits(rows, Path(tmp) / check, args.quick)
-                runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
-                continue
-            for name, variant in variants.items():
-                work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-data")
-                with locked(args.lock):
-                    made = new_wording(rows, work, args.quick, variant.wording)
-                runs.append((check, name, check, made["splits"], made["tests"]))
+            make = synth_digits if check == "synth-digits" else new_wording
+            with locked(args.lock):
+                made = make(rows, Path(tmp) / check, args.quick)
+            runs += [(check, name, check, made["splits"], made["tests"]) for name in variants]
         for check, name, label, splits, tests in runs:
             work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
             work.mkdir()

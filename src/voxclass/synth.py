@@ -226,10 +226,6 @@ class SynthConfig:
     """Stored rate, 8000 or 16000 Hz; 8 kHz telephone audio like MInDS-14 by default."""
     noise_db: float = -45.0
     """Level of the background noise added on the line (dBFS, RMS)."""
-    remix: float = 0.0
-    """Fraction of training clips whose text is a new sentence remixed from the label's
-    phrasings (the start of one joined to the end of another, a word or two dropped, a
-    filler added), so that a model learns the words that carry a label, not whole sentences."""
     seed: int = 0
     """Same seed, same files, bit for bit."""
 
@@ -268,8 +264,6 @@ def check(config: SynthConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')}: give a fraction in [0, 1)")
     if not 0 <= config.flite_share <= 1:
         raise ConfigError(f"--flite-share {config.flite_share}: give a fraction in [0, 1]")
-    if not 0 <= config.remix <= 1:
-        raise ConfigError(f"--remix {config.remix}: give a fraction in [0, 1]")
     uses_test_voices = config.test_per_label or config.new_wording_per_label
     if uses_test_voices and not config.test_voice_fraction:
         raise ConfigError("test clips need test voices: give --test-voice-fraction above 0")
@@ -453,21 +447,6 @@ def fill_slots(phrasing: str, slots: dict[str, list[str]], rng: random.Random) -
     return phrasing.format(**{f: rng.choice(slots[f]) for f in dict.fromkeys(fields)})
 
 
-# Words said anywhere in a request: put around a remixed sentence, they carry no label.
-FILLERS = ("um", "uh", "hi", "hello", "so", "yeah", "okay", "well", "please", "sorry", "right")
-
-
-def remix(templates: list[str], rng: random.Random) -> str:
-    """A new phrasing from a label's phrasings: the first words of one and the last words of
-    another (cut at random word boundaries), each remaining word kept with probability 0.9 and
-    a filler word put before or after. Slot fields stay whole, to be filled as usual."""
-    first, second = rng.choice(templates).split(), rng.choice(templates).split()
-    words = first[: rng.randint(1, len(first))] + second[rng.randint(0, len(second) - 1) :]
-    kept = [w for w in words if rng.random() < 0.9] or words
-    filler = rng.choice(FILLERS)
-    return " ".join([filler, *kept] if rng.random() < 0.5 else [*kept, filler])
-
-
 def split_voices(variants: list[str], test_fraction: float, seed: int) -> tuple[list, list]:
     """Partition voice variants into train and test sets (disjoint, deterministic); with
     `test_fraction` 0 every variant is a training one."""
@@ -495,12 +474,11 @@ def plan(
     """Every clip to make: label, text, voice and prosody, drawn from one seeded generator.
     A clip said by flite voice `v` has voice `flite:v`."""
     rng = random.Random(config.seed)
-    # flite and remixing draw from generators of their own: voices, prosody and every other
-    # clip stay the same with and without them, so comparisons differ in one thing only.
+    # flite draws from a generator of its own: texts, prosody and the other clips stay the
+    # same with and without it, so a comparison differs in the voices only.
     flite_rng = random.Random(f"flite-{config.seed}")
     flite_train, flite_test = split_voices(list(flite), config.test_voice_fraction, config.seed)
     flite_pools = {"train": flite_train, "validation": flite_train}
-    remix_rng = random.Random(f"remix-{config.seed}")
     train_variants, test_variants = split_voices(variants, config.test_voice_fraction, config.seed)
     pools = {"train": train_variants, "validation": train_variants}
     wording = {
@@ -520,8 +498,6 @@ def plan(
                 flite_voices = flite_pools.get(split, flite_test)
                 if flite_voices and flite_rng.random() < config.flite_share:
                     voice = f"flite:{flite_rng.choice(flite_voices)}"
-                if split == "train" and remix_rng.random() < config.remix:
-                    text = fill_slots(remix(templates, remix_rng), phrases.slots, remix_rng)
                 yield {
                     "split": split,
                     "label": label,
