@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install system-deps clean
+.PHONY: demo test lint install browser-deps clean
 
 $(BIN)/voxclass: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-# Debian packages some tests need; they fail (never skip) without: the browser test drives
-# chromium through chromedriver, and `voxclass synth --flite` runs Debian's flite.
-system-deps:
-	(command -v chromedriver && command -v flite) >/dev/null || \
-		(apt-get update && apt-get install -y chromium chromium-driver flite)
+# The browser test drives Debian's chromium through chromedriver; it fails (never skips) without.
+browser-deps:
+	command -v chromedriver >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 
-test: install lint system-deps
+test: install lint browser-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -723,13 +723,13 @@ MIC_TONE = TONES["high"]  # what chromium's fake microphone plays (see `chromium
 
 def launch_chromium(tmp_path: Path, microphone: np.ndarray, rate: int):
     """Headless Debian chromium through chromedriver. Missing browser = failure, not a skip:
-    `make test` installs both (target system-deps). Its microphone is a fake device that plays
+    `make test` installs both (target browser-deps). Its microphone is a fake device that plays
     `microphone` in a loop, with permission granted."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        assert Path(binary).is_file(), f"{binary} missing: run `make system-deps` (as root)"
+        assert Path(binary).is_file(), f"{binary} missing: run `make browser-deps` (as root)"
     mic = tmp_path / "microphone.wav"  # chromium reads 16-bit PCM WAV for a fake capture device
     sf.write(mic, microphone, rate, subtype="PCM_16")
     options = webdriver.ChromeOptions()

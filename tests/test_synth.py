@@ -111,9 +111,6 @@ def test_missing_or_unreadable_phrase_file(tmp_path):
         ({"channel": "radio"}, "--channel 'radio'"),
         ({"sampling_rate": 44100}, "choose 8000 or 16000"),
         ({"phrases": "nope"}, "no such phrase file"),
-        ({"flite": ["slt", "nobody"]}, "flite has no voice 'nobody'"),
-        ({"flite": ["slt"]}, "at least two flite voices"),
-        ({"flite": ["slt", "rms"], "flite_share": -0.1}, "--flite-share -0.1"),
     ],
 )
 def test_bad_settings_fail_before_writing(tmp_path, change, message):
@@ -193,30 +190,6 @@ def test_another_seed_plans_other_clips(tmp_path):
     assert [r["file_name"] for r in seven] == [r["file_name"] for r in eight]
     assert [r["voice"] for r in seven] != [r["voice"] for r in eight]
     assert [r["seed"] for r in seven] != [r["seed"] for r in eight]
-
-
-def test_flite_voices_join_espeak_reproducibly(tmp_path):
-    extra = ["--phrases", "digits", "--flite", "all", "--sampling-rate", "8000"]
-    _synth(tmp_path / "a", 3, *extra)
-    _synth(tmp_path / "b", 3, *extra)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    rows = _rows(tmp_path / "a")
-    flite = {
-        s: {r["voice"] for r in rows if r["split"] == s and r["voice"].startswith("flite:")}
-        for s in ("train", "test")
-    }
-    assert flite["train"] and flite["test"] and not flite["train"] & flite["test"]
-    assert any(not r["voice"].startswith("flite:") for r in rows)  # flite_share 0.5
-    for row in rows:
-        wave, rate = sf.read(tmp_path / "a" / row["file_name"])
-        assert rate == 8000 and len(wave) > 0.3 * rate and np.abs(wave).max() > 0.05
-
-
-def test_missing_flite_is_one_line_naming_the_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(ConfigError, match=r"flite .*not installed \(apt-get install flite\)"):
-        synthesize(SynthConfig(out=tmp_path / "out", flite=["slt", "rms"]))
-    assert not (tmp_path / "out").exists()
 
 
 def _band_energy(path, low, high):

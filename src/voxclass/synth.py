@@ -31,8 +31,6 @@ import random
 import re
 import shutil
 import string
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -215,11 +213,6 @@ class SynthConfig:
     """espeak-ng English accents to use (e.g. en-us,en-gb-x-rp); default: every one shipped."""
     variants: list[str] | None = None
     """espeak-ng voice variants to use (e.g. m1,f2); default: every human-like one shipped."""
-    flite: list[str] | None = None
-    """Also speak with these voices of Debian's flite (`apt-get install flite`): names such as
-    slt,rms,awb,kal16, or `all` for every one installed. Default: espeak-ng only."""
-    flite_share: float = 0.5
-    """With `flite`: the fraction of clips its voices say (the rest: espeak-ng's)."""
     channel: str = "telephone"
     """telephone (300-3400 Hz band), wideband, or room (wideband with reverberation)."""
     sampling_rate: int = 8000
@@ -262,8 +255,6 @@ def check(config: SynthConfig) -> None:
     for name in ("test_voice_fraction", "new_wording_fraction"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: give a fraction in [0, 1)")
-    if not 0 <= config.flite_share <= 1:
-        raise ConfigError(f"--flite-share {config.flite_share}: give a fraction in [0, 1]")
     uses_test_voices = config.test_per_label or config.new_wording_per_label
     if uses_test_voices and not config.test_voice_fraction:
         raise ConfigError("test clips need test voices: give --test-voice-fraction above 0")
@@ -358,50 +349,6 @@ class Espeak:
         return names
 
 
-class Flite:
-    """Debian's flite command-line synthesizer: a few more natural voices than espeak-ng's."""
-
-    sampling_rate = 16000
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("flite")
-        if self.binary is None:
-            raise ConfigError(
-                "--flite: the flite synthesizer is not installed (apt-get install "
-                "flite), or leave --flite out"
-            )
-        listing = subprocess.run([self.binary, "-lv"], capture_output=True, text=True).stdout
-        self.voices = sorted(set(listing.split(":", 1)[-1].split()) - {"awb_time"})
-
-    def chosen(self, names: list[str]) -> list[str]:
-        """The voices to use (`all`: every installed one); one it lacks is a ConfigError."""
-        if names == ["all"]:
-            return self.voices
-        missing = [n for n in names if n not in self.voices]
-        if missing:
-            raise ConfigError(
-                f"--flite: flite has no voice {', '.join(map(repr, missing))} "
-                f"(it has: {', '.join(self.voices)})"
-            )
-        return list(names)
-
-    def say(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-        """Speak `text`; float32 mono at `self.sampling_rate`. flite has no pitch setting that
-        keeps each voice's own register, so `pitch` (25-75, as for espeak-ng) resamples the
-        speech by 0.88-1.12: a shorter or longer vocal tract, as speed perturbation does."""
-        with tempfile.TemporaryDirectory(prefix="voxclass-flite-") as tmp:
-            path = os.path.join(tmp, "say.wav")
-            stretch = f"duration_stretch={170 / rate:.3f}"  # espeak-ng's words/min, about
-            subprocess.run(
-                [self.binary, "-voice", voice, "-t", text, "-o", path, "--setf", stretch],
-                check=True,
-                capture_output=True,
-            )
-            wave, rate_in = sf.read(path, dtype="float32")
-        warp = 0.88 + 0.24 * (pitch - 25) / 50
-        return soxr.resample(wave, rate_in, round(self.sampling_rate * warp)).astype(np.float32)
-
-
 def room_impulse_response(rate: int, rng: np.random.Generator) -> np.ndarray:
     """A simple room: the direct sound, then exponentially decaying noise (the diffuse tail)
     with a reverberation time (RT60) of 0.2-0.7 s and a random direct-to-reverberant ratio."""
@@ -468,17 +415,9 @@ def split_wording(phrasings: list[str], fraction: float, label: str) -> tuple[li
     return phrasings[:-held_out], phrasings[-held_out:]
 
 
-def plan(
-    config: SynthConfig, phrases: Phrases, accents: list, variants: list, flite: list = ()
-) -> Iterator[dict]:
-    """Every clip to make: label, text, voice and prosody, drawn from one seeded generator.
-    A clip said by flite voice `v` has voice `flite:v`."""
+def plan(config: SynthConfig, phrases: Phrases, accents: list, variants: list) -> Iterator[dict]:
+    """Every clip to make: label, text, voice and prosody, drawn from one seeded generator."""
     rng = random.Random(config.seed)
-    # flite draws from a generator of its own: texts, prosody and the other clips stay the
-    # same with and without it, so a comparison differs in the voices only.
-    flite_rng = random.Random(f"flite-{config.seed}")
-    flite_train, flite_test = split_voices(list(flite), config.test_voice_fraction, config.seed)
-    flite_pools = {"train": flite_train, "validation": flite_train}
     train_variants, test_variants = split_voices(variants, config.test_voice_fraction, config.seed)
     pools = {"train": train_variants, "validation": train_variants}
     wording = {
@@ -493,17 +432,12 @@ def plan(
         for label in phrases.labels:
             templates = wording[label][split == NEW_WORDING_SPLIT]
             for i in range(count):
-                text = fill_slots(templates[i % len(templates)], phrases.slots, rng)
-                voice = f"{rng.choice(accents)}+{rng.choice(pools.get(split, test_variants))}"
-                flite_voices = flite_pools.get(split, flite_test)
-                if flite_voices and flite_rng.random() < config.flite_share:
-                    voice = f"flite:{flite_rng.choice(flite_voices)}"
                 yield {
                     "split": split,
                     "label": label,
                     "file_name": f"{split}/{label}/{label}_{i:04d}.wav",
-                    "text": text,
-                    "voice": voice,
+                    "text": fill_slots(templates[i % len(templates)], phrases.slots, rng),
+                    "voice": f"{rng.choice(accents)}+{rng.choice(pools.get(split, test_variants))}",
                     "rate": rng.randint(130, 210),
                     "pitch": rng.randint(25, 75),
                     "range": rng.randint(20, 80),
@@ -531,31 +465,17 @@ def synthesize(config: SynthConfig, progress=None) -> dict:
             f"{out}: exists and is not a `voxclass synth` output; give a new or empty folder"
         )
     espeak = Espeak()
-    flite = Flite() if config.flite else None
-    flite_voices = flite.chosen(config.flite) if flite else []
-    if flite_voices and config.test_voice_fraction and len(flite_voices) < 2:
-        raise ConfigError(
-            "--flite: test voices must differ from training voices, so give at "
-            "least two flite voices (or --test-voice-fraction 0 without test clips)"
-        )
-    rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path), flite_voices))
+    rows = list(plan(config, phrases, *voice_pools(config, espeak.data_path)))
     tmp = staging_folder(out)
     start = time.perf_counter()
     try:
         for row in rows:
-            if row["voice"].startswith("flite:"):
-                speech, rate = (
-                    flite.say(row["text"], row["voice"][6:], row["rate"], row["pitch"]),
-                    flite.sampling_rate,
-                )
-            else:
-                speech = espeak.say(
-                    row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
-                )
-                rate = espeak.sampling_rate
+            speech = espeak.say(
+                row["text"], row["voice"], row["rate"], row["pitch"], row["range"], row["seed"]
+            )
             wave = apply_channel(
                 speech,
-                rate,
+                espeak.sampling_rate,
                 config.sampling_rate,
                 config.channel,
                 config.noise_db,
