@@ -71,8 +71,8 @@ class Variant:
     args: dict = field(default_factory=dict)
     """TrainingArguments attributes."""
     synth: dict = field(default_factory=dict)
-    """`{"per_label": N, ...}`: add N synthetic digit words per label (`digit_words`; other
-    keys are SynthConfig fields) to the training split only (speakers check)."""
+    """`{"per_label": N}`: add N synthetic digit words per label (`synth_digits`) to the
+    training split only (speakers check)."""
 
     def __add__(self, other: Variant) -> Variant:
         return Variant(
@@ -98,8 +98,6 @@ VARIANTS: dict[str, Variant] = {
         extractor={"num_mel_bins": 64, "feature_size": 64, "stride": 2},
     ),
     "plus_synth": Variant(synth={"per_label": 150}),
-    # the same number of digit words said by Debian's flite voices only
-    "plus_flite": Variant(synth={"per_label": 150, "flite": ["all"], "flite_share": 1.0}),
     "nospecaug": Variant(model={"mask_time_prob": 0.0, "mask_feature_prob": 0.0}),
     "specaug2": Variant(model={"mask_time_prob": 0.1, "mask_feature_prob": 0.1}),
     "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
@@ -269,9 +267,9 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     return by_split
 
 
-def digit_words(out: Path, per_label: int, **settings) -> dict[str, list[dict]]:
+def digit_words(out: Path, per_label: int) -> dict[str, list[dict]]:
     """Synthetic digit words (`phrases/digits.yaml`; every voice, wideband at FSDD's 8 kHz)
-    in train and validation splits; `settings`: more SynthConfig fields."""
+    in train and validation splits."""
     from voxclass.synth import SynthConfig, synthesize
 
     synthesize(
@@ -284,7 +282,6 @@ def digit_words(out: Path, per_label: int, **settings) -> dict[str, list[dict]]:
             test_voice_fraction=0.0,
             channel="wideband",
             sampling_rate=8000,
-            **settings,
         )
     )
     return synth_rows(out)
@@ -304,12 +301,9 @@ def added_synth(variant: Variant, tmp: Path, quick: bool, lock: Path | None) -> 
     """The variant's synthetic digit words for the training split (none for most variants)."""
     if not variant.synth:
         return []
-    settings = dict(variant.synth)
-    per_label = 5 if quick else settings.pop("per_label")
-    settings.pop("per_label", None)
-    folder = tmp / re.sub(r"\W", "_", f"added-{per_label}-{settings}")
+    per_label = 5 if quick else variant.synth["per_label"]
     with locked(lock):
-        return digit_words(folder, per_label, **settings)["train"]
+        return digit_words(tmp / f"added-{per_label}", per_label)["train"]
 
 
 def new_wording(rows: list[dict], work: Path, quick: bool) -> dict[str, dict[str, list[dict]]]:
