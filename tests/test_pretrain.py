@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
+import itertools
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 from conftest import run_cli, write_tone_folder
 
 import voxclass.model
+import voxclass.pretrain
 from voxclass.config import ConfigError
 from voxclass.model import ModelError, build_model
 from voxclass.pretrain import (
@@ -95,6 +100,40 @@ def test_pretrain_steps_lower_the_loss_on_a_fixed_batch():
     model.train()
     losses = [train_step(model, optimizer, batch) for _ in range(12)]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _crashing_batches(crash_in: int):
+    """Stand-in for `_batches`: process number `key[2]` makes batches {"process", "i"}, and
+    every process numbered below `crash_in` dies of a segfault at its third batch, as
+    espeak-ng does on the rare text that crashes it."""
+
+    def batches(config, vocab, extractor, key):
+        for i in itertools.count():
+            if key[2] < crash_in and i == 2:
+                faulthandler.disable()  # pytest's would print the stack of the planned crash
+                os.kill(os.getpid(), signal.SIGSEGV)
+            yield {"process": key[2], "i": i}
+
+    return batches
+
+
+def test_a_crashed_synthesis_process_is_replaced_and_training_goes_on(monkeypatch):
+    monkeypatch.setattr(voxclass.pretrain, "_batches", _crashing_batches(crash_in=1))
+    logs = []
+    stream = voxclass.pretrain._stream(short(Path("unused"), workers=1), {}, None, logs.append)
+    got = [next(stream) for _ in range(5)]
+    stream.close()
+    assert got == [{"process": p, "i": i} for p, i in ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2))]
+    assert logs == ["a synthesis process died (exit code -11); starting another"]
+
+
+def test_synthesis_that_keeps_crashing_gives_up_in_one_line(monkeypatch):
+    monkeypatch.setattr(voxclass.pretrain, "_batches", _crashing_batches(crash_in=99))
+    monkeypatch.setattr(voxclass.pretrain, "MAX_RESTARTS", 2)
+    stream = voxclass.pretrain._stream(short(Path("unused"), workers=1), {}, None, print)
+    with pytest.raises(RuntimeError, match="3 synthesis processes died"):
+        for _ in range(20):
+            next(stream)
 
 
 def test_greedy_decoding_and_edit_distance():

@@ -210,14 +210,10 @@ def collate(
 
 
 def _batches(
-    config: PretrainConfig, vocab: dict[str, int], extractor: Any, attempt: int
+    config: PretrainConfig, vocab: dict[str, int], extractor: Any, key: list[int]
 ) -> Iterator[dict]:
-    """Endless batches of new clips; each worker process (and restart) draws from its own
-    seed."""
-    import torch.utils.data
-
-    info = torch.utils.data.get_worker_info()
-    rng = np.random.default_rng([config.seed, 1, attempt, info.id if info else 0])
+    """Endless batches of new clips drawn from the seed `key`."""
+    rng = np.random.default_rng(key)
     rate = extractor.sampling_rate
     make = ClipMaker(config, vocab, rate)
     shortest = min_samples(extractor, sampling_rate=rate)
@@ -225,31 +221,70 @@ def _batches(
         yield collate(extractor, [make(rng) for _ in range(config.batch_size)], rate, shortest)
 
 
+def _produce(config: PretrainConfig, vocab: dict, extractor: Any, key: list[int], conn) -> None:
+    """A synthesis process: sends batches down `conn` until the reader goes away. Each send
+    completes before the next clip is made, so a crash never leaves half a batch in the pipe."""
+    import torch
+
+    torch.set_num_threads(1)  # the training process has the cores
+    try:
+        for batch in _batches(config, vocab, extractor, key):
+            conn.send(batch)
+    except (BrokenPipeError, EOFError, KeyboardInterrupt):
+        pass
+
+
 def _stream(config: PretrainConfig, vocab: dict[str, int], extractor: Any, log) -> Iterator[dict]:
     """Batches from `config.workers` processes. espeak-ng is C code: a text that crashes it
-    (rare) kills only its worker, and a fresh worker, with a fresh seed, takes over."""
-    import torch.utils.data
-
-    class Stream(torch.utils.data.IterableDataset):
-        def __init__(self, attempt: int) -> None:
-            self.attempt = attempt
-
-        def __iter__(self):
-            return _batches(config, vocab, extractor, self.attempt)
+    (rare) kills only its process, and a fresh one, with a fresh seed, takes over (at most
+    MAX_RESTARTS times). Plain processes and pipes rather than a torch DataLoader: a DataLoader
+    reports a dead worker by raising from a signal handler in whatever the training loop is
+    doing at that moment, where nothing can catch it cleanly."""
+    import multiprocessing
+    from multiprocessing.connection import wait
 
     if not config.workers:
-        yield from Stream(0)
+        yield from _batches(config, vocab, extractor, [config.seed, 1, 0])
         return
-    for attempt in range(MAX_RESTARTS + 1):
-        loader = torch.utils.data.DataLoader(
-            Stream(attempt), batch_size=None, num_workers=config.workers, prefetch_factor=4
+    context = multiprocessing.get_context("fork")
+    started = 0
+
+    def start():
+        nonlocal started
+        reader, writer = context.Pipe(duplex=False)
+        key = [config.seed, 1, started]
+        process = context.Process(
+            target=_produce, args=(config, vocab, extractor, key, writer), daemon=True
         )
-        try:
-            yield from loader
-        except RuntimeError as err:
-            if "DataLoader worker" not in str(err) or attempt == MAX_RESTARTS:
-                raise
-            log(f"a synthesis worker died ({str(err).splitlines()[0]}); starting another")
+        process.start()
+        writer.close()  # the child's copy is the only writer: its death ends the pipe
+        started += 1
+        return process, reader
+
+    workers = [start() for _ in range(config.workers)]
+    try:
+        while True:
+            for ready in wait([reader for _, reader in workers]):
+                index = next(i for i, (_, r) in enumerate(workers) if r is ready)
+                try:
+                    yield ready.recv()
+                except EOFError:
+                    process, _ = workers[index]
+                    process.join()
+                    if started - config.workers >= MAX_RESTARTS:
+                        raise RuntimeError(
+                            f"{started} synthesis processes died (espeak-ng crashed); giving up"
+                        ) from None
+                    log(
+                        f"a synthesis process died (exit code {process.exitcode}); starting another"
+                    )
+                    ready.close()
+                    workers[index] = start()
+    finally:
+        for process, reader in workers:
+            reader.close()
+            process.kill()
+            process.join()
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -359,8 +394,12 @@ def pretrain(config: PretrainConfig, log=print, command: str | None = None) -> d
         if time.perf_counter() - last_eval >= config.eval_minutes * 60:
             last_eval = time.perf_counter()
             history.append(
-                {"step": step, "hours": heard / 3600, "train_loss": float(np.mean(losses[-50:])),
-                 **evaluate(model, validation)}
+                {
+                    "step": step,
+                    "hours": heard / 3600,
+                    "train_loss": float(np.mean(losses[-50:])),
+                    **evaluate(model, validation),
+                }
             )
             log(f"step {step}: {json.dumps(history[-1])}")
     seconds = time.perf_counter() - start
@@ -418,8 +457,11 @@ def card(summary: dict) -> str:
     c, final = summary["config"], summary["final"]
     command = summary["command"] or (
         f"voxclass pretrain --out OUT --hours {c['hours']:g}"
-        + (f" --time-budget-minutes {c['time_budget_minutes']:g}"
-           if c["time_budget_minutes"] else "")
+        + (
+            f" --time-budget-minutes {c['time_budget_minutes']:g}"
+            if c["time_budget_minutes"]
+            else ""
+        )
         + f" --preset {c['preset']} --seed {c['seed']}"
     )
     return f"""---
@@ -428,8 +470,8 @@ tags: [audio, speech, ctc, phonemes, voxclass, synthetic-data]
 ---
 # Speech encoder pretrained by `voxclass pretrain`
 
-A Wav2Vec2-BERT conformer (`{c['preset']}` preset: {summary['parameters']:,} parameters) trained
-with CTC to recognise the {summary['phonemes'] - 2} espeak-ng phonemes of synthetic English
+A Wav2Vec2-BERT conformer (`{c["preset"]}` preset: {summary["parameters"]:,} parameters) trained
+with CTC to recognise the {summary["phonemes"] - 2} espeak-ng phonemes of synthetic English
 speech. Use it as a backbone: `voxclass train --model THIS_FOLDER` puts a new classification
 head on the encoder.
 
@@ -437,19 +479,19 @@ head on the encoder.
 
     {command}
 
-- Data: {summary['clips']:,} clips, {summary['hours_heard']:.2f} hours of speech, each synthesized
+- Data: {summary["clips"]:,} clips, {summary["hours_heard"]:.2f} hours of speech, each synthesized
   once, on the fly, by espeak-ng (espeakng-loader wheel): random sequences of up to
-  {c['max_words']} words from the {c['vocabulary_words']:,} most frequent English words
+  {c["max_words"]} words from the {c["vocabulary_words"]:,} most frequent English words
   (wordfreq) and numbers; every English accent
-  ({len(summary['voices']['accents'])}) and human-like voice variant
-  ({len(summary['voices']['variants'])}), random rate, pitch and pitch range; telephone band,
+  ({len(summary["voices"]["accents"])}) and human-like voice variant
+  ({len(summary["voices"]["variants"])}), random rate, pitch and pitch range; telephone band,
   wideband or room reverberation; speed perturbation, gain and noise. 8 kHz.
 - Targets: the phonemes espeak-ng says (`espeak_TextToPhonemes`), stress marks removed.
-- Training: {summary['steps']:,} steps of {c['batch_size']} clips, AdamW, peak learning
-  rate {c['learning_rate']:g}, cosine schedule; {summary['wall_seconds'] / 60:.1f} minutes on
-  {summary['machine']}.
-- Result on {c['validation_clips']} fixed validation clips: phoneme error rate
-  {final['phoneme_error_rate']:.3f} (greedy CTC decoding), CTC loss {final['loss']:.3f}.
+- Training: {summary["steps"]:,} steps of {c["batch_size"]} clips, AdamW, peak learning
+  rate {c["learning_rate"]:g}, cosine schedule; {summary["wall_seconds"] / 60:.1f} minutes on
+  {summary["machine"]}.
+- Result on {c["validation_clips"]} fixed validation clips: phoneme error rate
+  {final["phoneme_error_rate"]:.3f} (greedy CTC decoding), CTC loss {final["loss"]:.3f}.
 
 The voices are synthetic: what the encoder learned about real speakers is measured by fine-tuning
 (see voxclass's README, `benchmarks/pretrained_vs_scratch.py`), not by the figures above.
