@@ -9,6 +9,10 @@ call, on the first `--latency-clips` clips. Agreement is top-1 agreement with vo
     python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200] [--rounds 3]
     python benchmarks/inference.py --model demo/model --rounds 3     # the README's demo table
     python benchmarks/inference.py --model-size base --rounds 2       # the README's base table
+    python benchmarks/inference.py --model DIR --calibrate DATA  # + a static int8 row
+
+`--calibrate DATA` (a folder or manifest of clips) adds static int8 calibrated on DATA
+(`voxclass export --int8 --calibrate DATA`) beside the default dynamic int8.
 
 `--quick` (what the test suite runs): 12 clips, 4 for latency, one round.
 
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips")
     parser.add_argument("--quick", action="store_true", help="12 clips, 1 round (seconds)")
+    parser.add_argument("--calibrate", type=Path, help="clips for a static int8 row")
     args = parser.parse_args()
     if args.quick:
         args.clips, args.latency_clips, args.rounds = 12, 4, 1
@@ -122,6 +127,13 @@ def main() -> None:
     title = str(args.model) if args.model else f"fresh {args.model_size} model, random weights"
     export(model_dir, work / "fp32")
     export(model_dir, work / "int8", int8=True, min_agreement=0.0)  # the table shows agreement
+    onnx_rows = [("fp32", work / "fp32"), ("int8", work / "int8")]
+    if args.calibrate:
+        static = export(
+            model_dir, work / "static", int8=True, calibrate=args.calibrate, min_agreement=0.0
+        )
+        onnx_rows.append(("int8 static", work / "static"))
+        print(f"static int8 calibrated on {static.calibration['clips']} clips of {args.calibrate}")
 
     torch_clf = Classifier.load(model_dir)
     rate = torch_clf.sampling_rate
@@ -136,10 +148,9 @@ def main() -> None:
     # (name, all clips -> top-1 ids, one clip -> anything, MB of the model on disk)
     torch_mb = size_mb(model_dir, "*.safetensors")
     backends = [("pipeline, 1 clip/call", lambda cs: [seed_one(w) for w in cs], seed_one, torch_mb)]
-    for name, clf, mb in [
-        ("voxclass torch", torch_clf, torch_mb),
-        ("voxclass onnx fp32", Classifier.load(work / "fp32"), size_mb(work / "fp32", "*.onnx")),
-        ("voxclass onnx int8", Classifier.load(work / "int8"), size_mb(work / "int8", "*.onnx")),
+    for name, clf, mb in [("voxclass torch", torch_clf, torch_mb)] + [
+        (f"voxclass onnx {kind}", Classifier.load(path), size_mb(path, "*.onnx"))
+        for kind, path in onnx_rows
     ]:
         backends.append(
             (
@@ -161,9 +172,9 @@ def main() -> None:
             rate_now, top1[name] = throughput(run_all, clips)
             rates[name].append(rate_now)
     latency = {
-        name: latencies_ms(run_one, clips[: args.latency_clips])
+        name: latencies_ms(run_one, clips[: args.latency_clips]) or [float("nan")]
         for name, _, run_one, _mb in backends
-    }
+    }  # --latency-clips 0: no latency columns (nan), for a short run
 
     seconds = [len(c) / rate for c in clips]
     print(
@@ -173,7 +184,7 @@ def main() -> None:
         f"{min(args.latency_clips, len(clips))} clips\n"
     )
     header = (
-        f"{'':28} {'clips/s':>8} {'min-max':>13} {'x pipe':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'':36} {'clips/s':>8} {'min-max':>13} {'x pipe':>7} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'MB':>7} agree"
     )
     print(header)
@@ -185,7 +196,7 @@ def main() -> None:
         agree = float((np.asarray(top1[name]) == reference).mean())
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(
-            f"{name:28} {median[name]:8.1f} {spread:>13} {median[name] / median[names[0]]:6.1f}x "
+            f"{name:36} {median[name]:8.1f} {spread:>13} {median[name] / median[names[0]]:6.1f}x "
             f"{np.percentile(latency[name], 50):8.1f} {np.percentile(latency[name], 95):8.1f} "
             f"{mb:7.1f} {agree:5.1%}"
         )

@@ -15,9 +15,11 @@ from conftest import TONES, burst, free_port, run_cli, write_tone_folder
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
-from voxclass.export import OnnxModel, export, validation_clips
+from voxclass.data import DataError
+from voxclass.export import export, validation_clips
 from voxclass.features import extract_one, pad_batch
 from voxclass.model import ModelError, build_model
+from voxclass.runtime import OnnxBackend
 from voxclass.stream import StreamSettings, stream_file
 
 
@@ -50,14 +52,14 @@ def test_preset_export_matches_torch_on_real_and_synthetic_clips(preset, fsdd, t
 
     # Dynamic batch and time axes: batch 1 and 7, 1 s and 9 s, in one graph.
     rng = np.random.default_rng(3)
-    graph = OnnxModel(tmp_path / "onnx")
     model, extractor = torch_clf.model, torch_clf.extractor
+    graph = OnnxBackend(tmp_path / "onnx" / "model.onnx", model.config, extractor)
     for seconds in ([1.0], [9.0], [1.0, 9.0, 2.5, 4.0, 9.0, 1.0, 6.0]):
         waves = [0.1 * rng.standard_normal(int(s * rate)).astype(np.float32) for s in seconds]
         features = [extract_one(extractor, w, rate) for w in waves]
         with torch.inference_mode():
             expected = model(**pad_batch(extractor, features)).logits.numpy()
-        got = graph.logits(extractor, features)
+        got = graph.logits(features)
         assert got.shape == (len(seconds), 3)
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -100,6 +102,57 @@ def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
     agreement = np.mean(np.asarray(int8_top1) == reference.probabilities(clips).argmax(1))
     assert 0.5 < agreement < 1.0  # random weights: some answers flip, most do not
     assert report.clips == len(clips) and report.agreement == agreement
+
+
+def test_static_int8_calibrated_on_clips_quantizes_the_convolutions_and_agrees(
+    trained_tone_model, tmp_path
+):
+    """--calibrate: every Conv and MatMul reads int8 weights and int8 activations (QDQ pairs,
+    which onnxruntime fuses into integer kernels), scales come from the given clips, and the
+    answers stay those of torch, on held-out clips and on fresh bursts."""
+    import onnx
+
+    data = write_tone_folder(tmp_path / "clips", per_class=8)  # 24 clips: 18 calibrate, 6 check
+    report = export(trained_tone_model, tmp_path / "int8", int8=True, calibrate=data)
+    assert report.calibration["clips"] == 18 and report.calibration["files_listed"] == 24
+    assert report.clips == 6 and "not used to calibrate" in report.checked_on
+    assert report.agreement == 1.0
+    saved = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert saved["calibration"]["method"] == "MinMax" and saved["calibration"]["format"] == "QDQ"
+
+    graph = onnx.load(tmp_path / "int8" / "model.onnx").graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    made_by.update({init.name: "initializer" for init in graph.initializer})
+    quantized = [n for n in graph.node if n.op_type in ("Conv", "MatMul")]
+    assert sum(n.op_type == "Conv" for n in quantized) >= 3  # the conformer's convolutions
+    for node in quantized:
+        assert [made_by.get(name) for name in node.input[:2]] == ["DequantizeLinear"] * 2, node
+
+    clf, reference = Classifier.load(tmp_path / "int8"), Classifier.load(trained_tone_model)
+    waves = [burst(f, s, 8000, seed=11) for f in TONES.values() for s in (0.7, 1.3)]
+    assert (clf.probabilities(waves).argmax(1) == reference.probabilities(waves).argmax(1)).all()
+
+
+def test_calibration_data_errors_name_the_data(tmp_path, monkeypatch, capsys):
+    src = save_preset("tiny", tmp_path / "model")
+    capsys.readouterr()  # save_pretrained's progress bar
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken" / "a"
+    broken.mkdir(parents=True)
+    (broken / "x.wav").write_text("not audio")
+    for data, message in (
+        (empty, "no audio files found"),
+        (broken.parent, "none of its 1 sampled audio files decodes"),
+    ):
+        args = ("export", src, "--out", tmp_path / "out", "--int8", "--calibrate", data)
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and message in err and str(data) in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="none of its 1 sampled"):
+        export(src, tmp_path / "out", int8=True, calibrate=broken.parent)
+    with pytest.raises(ModelError, match="add --int8"):
+        export(src, tmp_path / "out", calibrate=empty)
 
 
 def test_exports_a_model_saved_by_plain_transformers(tmp_path):
@@ -164,6 +217,7 @@ def test_predict_on_an_export_imports_neither_torch_transformers_nor_datasets(tm
     assert report["code"] in (0, None), run.stderr
     assert json.loads(run.stdout)[0]["labels"][0] in ("zero", "one", "two")
     assert report["heavy"] == [], report
+
 
 REPO = Path(__file__).resolve().parents[1]
 

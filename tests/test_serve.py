@@ -314,7 +314,7 @@ class GatedClassifier(Classifier):
     recorded, and a forward holding a piece of length `poison` raises."""
 
     def __init__(self, clf: Classifier, poison: int = -1):
-        super().__init__(clf.model, clf.extractor)
+        super().__init__(clf.runtime)
         self.gate = threading.Event()
         self.batches: list[list[int]] = []
         self.poison = poison
@@ -687,7 +687,7 @@ class ListeningClassifier(Classifier):
     each wave into the model's windows first)."""
 
     def __init__(self, clf: Classifier):
-        super().__init__(clf.model, clf.extractor)
+        super().__init__(clf.runtime)
         self.heard: list[np.ndarray] = []
 
     def windows_of(self, wave, window, hop):

@@ -27,7 +27,7 @@ class CountingClassifier(Classifier):
     """The tone classifier, counting the waves it is asked to score."""
 
     def __init__(self, clf: Classifier):
-        super().__init__(clf.model, clf.extractor)
+        super().__init__(clf.runtime)
         self.scored = 0
 
     def probabilities(self, waves, batch_size=16):

@@ -20,8 +20,9 @@ import numpy as np
 
 from .audio import AudioLimits, AudioSource, describe_source, load_audio, prepare_array
 from .config import ConfigError
-from .features import extract_one, min_samples, pad_batch
-from .model import ModelError, load_trained, max_seconds_of
+from .features import extract_one, min_samples
+from .model import ModelError, max_seconds_of
+from .runtime import Backend, load_backend, sampling_rate_of
 
 MIN_HOP_SECONDS = 0.01
 """Shortest hop between windows: finer steps only multiply the work (a 1e-9 s hop would ask
@@ -55,10 +56,11 @@ class Prediction:
 class Classifier:
     """A trained audio classifier (a transformers model directory)."""
 
-    def __init__(self, model: Any, extractor: Any):
-        self.model = model
-        self.extractor = extractor
-        config = model.config
+    def __init__(self, runtime: Backend):
+        self.runtime = runtime
+        """What runs the model (`runtime.TorchBackend` or `runtime.OnnxBackend`)."""
+        self.extractor = runtime.extractor
+        config = runtime.config
         try:
             self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
         except KeyError:
@@ -66,42 +68,29 @@ class Classifier:
                 f"config.json: id2label {config.id2label} does not name all "
                 f"{config.num_labels} labels; give every label id a name"
             ) from None
-        self.sampling_rate: int = int(
-            getattr(config, "voxclass", {}).get("sampling_rate", extractor.sampling_rate)
-        )
+        self.sampling_rate: int = sampling_rate_of(config, self.extractor)
         self.max_seconds: float = max_seconds_of(config)
-        self.backend = "onnx" if hasattr(model, "session") else "torch"
-        self.masked = bool(getattr(extractor, "return_attention_mask", False))
+        self.backend: str = runtime.name
+        """"torch" or "onnx"."""
+        self.masked = bool(getattr(self.extractor, "return_attention_mask", False))
         self.multi_label = config.problem_type == "multi_label_classification"
-        self.min_samples = min_samples(extractor, config, self.sampling_rate)
+        self.min_samples = min_samples(self.extractor, config, self.sampling_rate)
         """Shorter waves are padded with silence to this many samples (see `min_samples`)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
         """A model directory: an exported one (model.onnx) runs on onnxruntime on the CPU, else
         torch on `device` ("cpu", "cuda", "cuda:1", ...)."""
-        if (Path(path).expanduser() / "model.onnx").is_file():
-            if device != "cpu":
-                raise ConfigError(
-                    f"{path}: an ONNX export runs on the CPU; give device 'cpu', or the torch "
-                    "model directory it was exported from to run on a GPU"
-                )
-            from .export import load_onnx
+        return cls(load_backend(path, device))
 
-            return cls(*load_onnx(Path(path).expanduser()))
-        model, extractor = load_trained(path)
-        clf = cls(model, extractor)
-        if device != "cpu":
-            import torch
-
-            if device.startswith("cuda") and not torch.cuda.is_available():
-                raise ConfigError(f"device {device}: torch sees no CUDA GPU here; use 'cpu'")
-            clf.model.to(device)
-        return clf
+    @property
+    def model(self) -> Any:
+        """The torch model (torch backend only; the ONNX one has `runtime.session`)."""
+        return getattr(self.runtime, "model", None)
 
     @property
     def device(self) -> str:
-        return "cpu" if self.backend == "onnx" else str(self.model.device)
+        return self.runtime.device
 
     # ------------------------------------------------------------------ batched scoring
 
@@ -109,14 +98,7 @@ class Classifier:
         """Logits for one batch of waves (already at the model's rate)."""
         rate = self.sampling_rate
         features = [extract_one(self.extractor, w, rate, self.min_samples) for w in waves]
-        if self.backend == "onnx":
-            return self.model.logits(self.extractor, features)
-        import torch
-
-        inputs = pad_batch(self.extractor, features)
-        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
-        with torch.inference_mode():
-            return self.model(**inputs).logits.float().cpu().numpy()
+        return self.runtime.logits(features)
 
     def _batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
         """Indices grouped so that batching cannot change any clip's result."""

@@ -477,9 +477,16 @@ def export(config) -> None:
     """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
     from .export import export as run_export
 
-    report = run_export(config.model, config.out, int8=config.int8)
+    report = run_export(
+        config.model,
+        config.out,
+        int8=config.int8,
+        calibrate=config.calibrate,
+        calibration_limit=config.calibration_clips,
+    )
+    kind = "fp32" if not report.int8 else "static int8" if report.calibration else "int8"
     _print(
-        f"exported {report.path} ({'int8' if report.int8 else 'fp32'}, "
+        f"exported {report.path} ({kind}, "
         f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
         f"top-1 agreement {report.agreement:.1%} on {report.clips} clips"
     )

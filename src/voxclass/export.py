@@ -2,8 +2,11 @@
 
 The exported directory is self-contained: `model.onnx`, the feature extractor config and
 `config.json` (labels, voxclass settings), plus `export.json` with the parity figures.
-`Classifier.load(DIR)` sees `model.onnx` and runs it with onnxruntime, which needs no torch:
-a deployment can `pip install voxclass` without the `train` extra.
+`Classifier.load(DIR)` sees `model.onnx` and runs it with onnxruntime (`runtime.OnnxBackend`),
+which needs no torch: a deployment can `pip install voxclass` without the `train` extra.
+
+int8 is dynamic by default (MatMul weights only, see `_quantize`); with calibration clips it is
+static (`_quantize_static`): convolutions too, activation scales fixed from the user's audio.
 
 Graph: the TorchScript exporter (`dynamo=False`) with `dynamic_axes` on batch and time; see
 `_export_graph` for why not the dynamo one.
@@ -20,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from . import extractors
+from .audio import load_many
 from .config import publish_folder, recover_interrupted_write, staging_folder
-from .features import extract_one, pad_batch
-from .model import ModelError, labels_hint, load_trained, require_torch
+from .data import DataError, iter_inputs
+from .features import extract_one, min_samples, pad_batch
+from .model import ModelError, load_trained, max_seconds_of, require_torch
+from .runtime import ONNX_FILE, Backend, OnnxBackend, TorchBackend, sampling_rate_of
 
-ONNX_FILE = "model.onnx"
 OPSET = 17
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 @dataclass
@@ -38,7 +42,13 @@ class ExportConfig:
     out: Path
     """New folder for model.onnx, config and extractor."""
     int8: bool = False
-    """Dynamic int8 quantization of the weights (checked for top-1 agreement with torch)."""
+    """int8 quantization, checked for top-1 agreement with torch: dynamic (MatMul weights)
+    unless --calibrate is given."""
+    calibrate: str | None = None
+    """Folder or manifest of your clips: static int8 of the convolutions too, activation scales
+    set from these clips (needs --int8); a quarter of them are held out for the check."""
+    calibration_clips: int = 200
+    """At most this many clips from --calibrate (an even random sample, seeded)."""
 
 
 @dataclass
@@ -53,59 +63,10 @@ class ExportReport:
     """Fraction of clips where both pick the same top label."""
     size_bytes: int
     """Size of model.onnx."""
-
-
-class OnnxModel:
-    """An exported graph run by onnxruntime: feature lists in, logits out. No torch needed."""
-
-    def __init__(self, path: str | Path, config: Any = None):
-        import onnxruntime as ort
-
-        if config is None:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(path)
-        self.config = config
-        try:
-            self.session = ort.InferenceSession(
-                str(Path(path) / ONNX_FILE), providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail...)
-            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise ModelError(
-                f"{Path(path) / ONNX_FILE}: not a usable ONNX graph ({first}); export it again "
-                "with `voxclass export`"
-            ) from None
-        self.inputs = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
-        width = self.session.get_outputs()[0].shape[-1]
-        if isinstance(width, int) and width != self.config.num_labels:
-            raise ModelError(
-                f"{path}: the graph scores {width} labels but config.json names "
-                f"{self.config.num_labels}" + (labels_hint(path, width) or "; export it again")
-            )
-
-    def logits(self, extractor: Any, features: list[np.ndarray]) -> np.ndarray:
-        """Pad per-clip features to the batch's longest, as torch inference does, and run the
-        graph."""
-        padded = pad_batch(extractor, features, return_tensors="np")
-        feed = {key: np.asarray(padded[key], dtype=kind) for key, kind in self.inputs.items()}
-        return self.session.run(["logits"], feed)[0]
-
-
-def load_onnx(path: str | Path) -> tuple[OnnxModel, Any]:
-    """An exported directory's graph and the feature extractor saved beside it: in numpy
-    (`extractors`) when the export checked that it matches, else through transformers."""
-    if (plain := extractors.load(path)) is not None:
-        config, extractor = plain
-        return OnnxModel(path, config), extractor
-    from transformers import AutoFeatureExtractor
-
-    try:
-        return OnnxModel(path), AutoFeatureExtractor.from_pretrained(path)
-    except ModelError:
-        raise
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{path}: cannot load the exported model ({err})") from None
+    checked_on: str = "synthetic clips"
+    """Where the compared clips came from."""
+    calibration: dict[str, Any] | None = None
+    """Static int8 only: the clips and method the activation scales came from."""
 
 
 def validation_clips(sampling_rate: int, max_seconds: float) -> list[np.ndarray]:
@@ -161,22 +122,49 @@ def _export_graph(model: Any, example: dict[str, Any], path: Path) -> None:
 
 
 def _compare(
-    model: Any, onnx: OnnxModel, extractor: Any, clips: list[np.ndarray], rate: int
+    reference: Backend, onnx: Backend, clips: list[np.ndarray], rate: int, shortest: int
 ) -> tuple[float, float]:
     """Max abs logit difference and top-1 agreement, torch vs onnxruntime, on batches of
     similar-length clips (both see the same padded inputs)."""
-    import torch
-
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
     diff, same = 0.0, 0
     for start in range(0, len(order), 4):
-        features = [extract_one(extractor, clips[i], rate) for i in order[start : start + 4]]
-        with torch.inference_mode():
-            expected = model(**pad_batch(extractor, features)).logits.float().numpy()
-        got = onnx.logits(extractor, features)
+        batch = order[start : start + 4]
+        features = [extract_one(reference.extractor, clips[i], rate, shortest) for i in batch]
+        expected, got = reference.logits(features), onnx.logits(features)
         diff = max(diff, float(np.abs(expected - got).max()))
         same += int((expected.argmax(1) == got.argmax(1)).sum())
     return diff, same / len(clips)
+
+
+def calibration_clips(
+    data: str | Path, rate: int, max_seconds: float, limit: int = 200
+) -> tuple[list[np.ndarray], int]:
+    """Up to `limit` decodable clips of a folder or manifest (`data.iter_inputs`), an even
+    random sample (reservoir, seed 0) in listing order, at `rate`, each cut to its first
+    `max_seconds`; and how many files were listed. DataError naming `data` when it lists no
+    audio or none of the sampled files decodes."""
+    if limit < 1:
+        raise DataError(f"--calibration-clips {limit}: give at least 1 clip")
+    rng = np.random.default_rng(0)
+    chosen: list[tuple[int, str]] = []
+    listed = 0
+    for index, path in enumerate(iter_inputs([str(data)])):
+        listed += 1
+        if len(chosen) < limit:
+            chosen.append((index, path))
+        elif (slot := int(rng.integers(0, index + 1))) < limit:
+            chosen[slot] = (index, path)
+    paths = [path for _, path in sorted(chosen)]
+    waves, errors = load_many(paths, rate)
+    if not waves:
+        first = next(iter(errors.values()), None)
+        raise DataError(
+            f"{data}: none of its {len(paths)} sampled audio files decodes ({first}); give "
+            "--calibrate a folder or manifest of clips like the ones the model will hear"
+        )
+    size = int(max_seconds * rate)
+    return [wave[:size] for wave in waves.values()], listed
 
 
 def export(
@@ -186,38 +174,77 @@ def export(
     clips: list[np.ndarray] | None = None,
     max_diff: float = 1e-3,
     min_agreement: float = 0.9,
+    calibrate: str | Path | None = None,
+    calibration_limit: int = 200,
 ) -> ExportReport:
     """Export `model_dir` (any transformers audio-classification dir) to ONNX in `out`.
 
     `clips`: mono float32 waves at the model's rate to validate on (default: synthetic ones).
+    `calibrate` (with `int8`): a folder or manifest of real clips; up to `calibration_limit`
+    are read, three quarters set the static int8 scales and the rest are added to the clips
+    validated on (then the only ones, unless `clips` is given).
     fp32 must match torch within `max_diff` on every logit; int8 must agree on the top label for
     at least `min_agreement` of the clips. On failure nothing is left in `out` (ModelError).
     """
-    from .classifier import Classifier
-
     require_torch("exporting to ONNX")
+    if calibrate is not None and not int8:
+        raise ModelError(f"--calibrate {calibrate}: calibration is for int8; add --int8")
     out = Path(out)
     recover_interrupted_write(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ModelError(f"{out}: already exists and is not an empty folder; choose another --out")
     model, extractor = load_trained(model_dir)
-    reference = Classifier(model, extractor)  # the same rate / max duration torch inference uses
-    rate = reference.sampling_rate
-    clips = clips or validation_clips(rate, reference.max_seconds)
+    reference = TorchBackend(model, extractor)
+    rate = sampling_rate_of(model.config, extractor)  # the rate and padding inference uses
+    shortest = min_samples(extractor, model.config, rate)
+    checked_on = "given clips" if clips else "synthetic clips"
+    calibration, calibration_info = None, None
+    if calibrate is not None:
+        real, listed = calibration_clips(
+            calibrate, rate, max_seconds_of(model.config), calibration_limit
+        )
+        if len(real) >= 4:  # every fourth clip is held out to check on
+            held_out = real[3::4]
+            calibration = [c for i, c in enumerate(real) if i % 4 != 3]
+            where = f"{len(held_out)} clips of {calibrate} not used to calibrate"
+        else:  # too few to hold any out: checked on the calibration clips themselves
+            held_out, calibration = real, real
+            where = f"the {len(real)} calibration clips of {calibrate}"
+        checked_on = where + (" and the given clips" if clips else "")
+        clips = (clips or []) + held_out
+        calibration_info = {
+            "data": str(calibrate),
+            "files_listed": listed,
+            "clips": len(calibration),
+            **STATIC_SETTINGS,
+        }
+    clips = clips or validation_clips(rate, max_seconds_of(model.config))
 
     tmp = staging_folder(out)
     try:
         example = pad_example(extractor, rate)
         _export_graph(model, example, tmp / ONNX_FILE)
-        if int8:
-            _quantize(tmp / ONNX_FILE)
         extractor.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
+        if calibration is not None:
+            fp32 = OnnxBackend(tmp / ONNX_FILE, model.config, extractor)
+            feeds = [fp32.feed([extract_one(extractor, c, rate, shortest)]) for c in calibration]
+            del fp32
+            _quantize_static(tmp / ONNX_FILE, feeds)
+        elif int8:
+            _quantize(tmp / ONNX_FILE)
         extractors.save(extractor, tmp, clips)
-        onnx = OnnxModel(tmp)
-        diff, agreement = _compare(model, onnx, extractor, clips, rate)
+        onnx = OnnxBackend(tmp / ONNX_FILE, model.config, extractor)
+        diff, agreement = _compare(reference, onnx, clips, rate, shortest)
         report = ExportReport(
-            str(out), int8, len(clips), diff, agreement, (tmp / ONNX_FILE).stat().st_size
+            str(out),
+            int8,
+            len(clips),
+            diff,
+            agreement,
+            (tmp / ONNX_FILE).stat().st_size,
+            checked_on,
+            calibration_info,
         )
         if (not int8 and diff > max_diff) or agreement < min_agreement:
             raise ModelError(
@@ -254,5 +281,53 @@ def _quantize(path: Path) -> None:
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    fp32.unlink()
+
+
+STATIC_SETTINGS: dict[str, Any] = {
+    "method": "MinMax",
+    "format": "QDQ",
+    "ops": ["Conv", "MatMul", "Gemm"],
+    "per_channel": True,
+    "activations": "uint8",
+    "weights": "int8",
+}
+"""What `_quantize_static` does, recorded in export.json."""
+
+
+def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static int8 in QDQ form of the convolutions and matrix multiplications (weights one
+    scale per output channel; activations one scale each, from the min and max seen on
+    `feeds`, one clip each so no padding enters the ranges). onnxruntime fuses the
+    quantize/dequantize pairs into integer kernels (QLinearConv, QLinearMatMul). uint8
+    activations with int8 weights: onnxruntime's advice for x86 CPUs."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rest = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rest, None)
+
+    fp32 = path.with_name("model.fp32.onnx")
+    path.rename(fp32)
+    quantize_static(
+        str(fp32),
+        str(path),
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=STATIC_SETTINGS["ops"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
     )
     fp32.unlink()

@@ -11,13 +11,12 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, AudioError, AudioLimits, is_audio_path, load_many
+from .audio import AudioError, AudioLimits, load_many
 from .classifier import Classifier, Prediction
-from .data import MANIFEST_SUFFIXES, DataError, iter_manifest, manifest_audio_path
+from .data import iter_inputs
 
 ENGINES = ("plain", "shards", "ray")
 
@@ -64,53 +63,6 @@ def default_engine() -> str:
 def expand_inputs(inputs: list[str], allow_outside_paths: bool = False) -> list[str]:
     """Every path of `iter_inputs`, at once."""
     return list(iter_inputs(inputs, allow_outside_paths))
-
-
-def iter_inputs(inputs: list[str], allow_outside_paths: bool = False) -> Iterator[str]:
-    """Files as given, folders recursively (audio extensions only, in `sorted(rglob)` order),
-    manifests by `path` column (relative to the manifest's folder, and inside it unless
-    `allow_outside_paths`), streamed: folders are walked and manifests read as the paths are
-    consumed, so a 10-million-line manifest is never held whole. A missing input is a DataError
-    before the first path; a folder without audio or a malformed manifest is a DataError when
-    reached."""
-    sources = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            sources.append(_audio_under(path))
-        elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-            sources.append(_manifest_paths(path, allow_outside_paths))
-        elif path.exists() or is_audio_path(path):
-            sources.append(iter([str(path)]))  # a missing audio file becomes an error row
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    return (p for source in sources for p in source)
-
-
-def _audio_under(folder: Path) -> Iterator[str]:
-    found = 0
-    for path in _walk(folder):
-        found += 1
-        yield path
-    if not found:
-        raise DataError(
-            f"{folder}: no audio files found under it (extensions accepted: "
-            f"{', '.join(sorted(AUDIO_EXTENSIONS))})"
-        )
-
-
-def _walk(folder: Path) -> Iterator[str]:
-    """Audio files under `folder`, in `sorted(folder.rglob("*"))` order, one folder at a time."""
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
-            yield from _walk(Path(entry.path))
-        elif entry.is_file() and is_audio_path(Path(entry.name)):
-            yield entry.path
-
-
-def _manifest_paths(manifest: Path, allow_outside_paths: bool) -> Iterator[str]:
-    for line, record in iter_manifest(manifest):
-        yield str(manifest_audio_path(manifest, line, record, allow_outside_paths))
 
 
 def run(

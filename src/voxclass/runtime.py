@@ -1,0 +1,141 @@
+"""Running a model: the torch and onnxruntime backends behind one `logits(features)`.
+
+`Classifier` and the export's torch-vs-ONNX check both score through a `Backend`, so neither
+needs the other. Loading an exported directory (model.onnx) imports neither torch nor
+transformers when its feature extractor was saved in numpy form (`extractors`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import extractors
+from .config import ConfigError
+from .features import pad_batch
+from .model import ModelError, labels_hint, load_trained
+
+ONNX_FILE = "model.onnx"
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class Backend(Protocol):
+    """A loaded model: per-clip features in (from `features.extract_one` with `extractor`),
+    one row of logits per clip out. Padding to the batch's longest happens inside, as torch
+    inference does it."""
+
+    name: str
+    """"torch" or "onnx"."""
+    config: Any
+    """The model's config: id2label, num_labels, problem_type, voxclass settings."""
+    extractor: Any
+    """The feature extractor the features come from (and that pads them)."""
+    device: str
+
+    def logits(self, features: list[np.ndarray]) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """A transformers audio-classification model on a torch device."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, extractor: Any):
+        self.model = model
+        self.config = model.config
+        self.extractor = extractor
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
+    def logits(self, features: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        inputs = pad_batch(self.extractor, features)
+        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+        with torch.inference_mode():
+            return self.model(**inputs).logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported graph run by onnxruntime on the CPU. No torch needed."""
+
+    name = "onnx"
+    device = "cpu"
+
+    def __init__(self, graph: str | Path, config: Any, extractor: Any):
+        import onnxruntime as ort
+
+        self.config = config
+        self.extractor = extractor
+        try:
+            self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail...)
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise ModelError(
+                f"{graph}: not a usable ONNX graph ({first}); export it again with "
+                "`voxclass export`"
+            ) from None
+        self.inputs = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != config.num_labels:
+            raise ModelError(
+                f"{Path(graph).parent}: the graph scores {width} labels but config.json names "
+                f"{config.num_labels}"
+                + (labels_hint(Path(graph).parent, width) or "; export it again")
+            )
+
+    def feed(self, features: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs for a batch: padded to the longest, in the types it declares."""
+        padded = pad_batch(self.extractor, features, return_tensors="np")
+        return {key: np.asarray(padded[key], dtype=kind) for key, kind in self.inputs.items()}
+
+    def logits(self, features: list[np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], self.feed(features))[0]
+
+
+def load_onnx(path: Path) -> OnnxBackend:
+    """An exported directory: its graph and the feature extractor saved beside it, in numpy
+    (`extractors`) when the export checked that it matches, else through transformers."""
+    if (plain := extractors.load(path)) is not None:
+        config, extractor = plain
+        return OnnxBackend(path / ONNX_FILE, config, extractor)
+    from transformers import AutoConfig, AutoFeatureExtractor
+
+    try:
+        config, extractor = (
+            AutoConfig.from_pretrained(path),
+            AutoFeatureExtractor.from_pretrained(path),
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: cannot load the exported model ({err})") from None
+    return OnnxBackend(path / ONNX_FILE, config, extractor)
+
+
+def load_backend(path: str | Path, device: str = "cpu") -> Backend:
+    """A model directory: an exported one (model.onnx) on onnxruntime on the CPU, else torch on
+    `device` ("cpu", "cuda", "cuda:1", ...)."""
+    if (Path(path).expanduser() / ONNX_FILE).is_file():
+        if device != "cpu":
+            raise ConfigError(
+                f"{path}: an ONNX export runs on the CPU; give device 'cpu', or the torch "
+                "model directory it was exported from to run on a GPU"
+            )
+        return load_onnx(Path(path).expanduser())
+    model, extractor = load_trained(path)
+    if device != "cpu":
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device}: torch sees no CUDA GPU here; use 'cpu'")
+        model.to(device)
+    return TorchBackend(model, extractor)
+
+
+def sampling_rate_of(config: Any, extractor: Any) -> int:
+    """The rate the model listens at: the voxclass setting saved at training, else the
+    extractor's."""
+    return int(getattr(config, "voxclass", {}).get("sampling_rate", extractor.sampling_rate))
