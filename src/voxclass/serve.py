@@ -463,17 +463,30 @@ async def run_stream(
                     steps = await run_in_threadpool(session.feed, data)
                 except AudioError as err:
                     raise StreamClosed(CLOSE_BAD_DATA, f"audio {err.reason}") from None
-            for step in steps:
-                prediction = None
-                if step.wave is not None:
-                    try:
-                        prediction = await batcher.predict(step.wave, "stream", settings.top_k)
-                    except Exception as err:
-                        log.error("classifying a stream failed", exc_info=err)
-                        raise StreamClosed(
-                            CLOSE_ERROR, "the model failed (see the server log)"
-                        ) from None
-                await ws.send_json(step.done(prediction))
+            # Every wave of these steps goes to the batcher at once: a segment released with
+            # a hop shares its forward instead of waiting for the hop's own.
+            predictions = [
+                asyncio.ensure_future(batcher.predict(step.wave, "stream", settings.top_k))
+                if step.wave is not None
+                else None
+                for step in steps
+            ]
+            try:
+                for step, prediction in zip(steps, predictions, strict=True):
+                    result = None
+                    if prediction is not None:
+                        try:
+                            result = await prediction
+                        except Exception as err:
+                            log.error("classifying a stream failed", exc_info=err)
+                            raise StreamClosed(
+                                CLOSE_ERROR, "the model failed (see the server log)"
+                            ) from None
+                    await ws.send_json(step.done(result))
+            finally:  # a hang-up or failure: the batcher skips the waves nobody awaits
+                for prediction in predictions:
+                    if prediction is not None:
+                        prediction.cancel()
             if session.finished:
                 await ws.close(CLOSE_NORMAL, "end of stream")
                 return
