@@ -571,6 +571,7 @@ def stream(config) -> None:
         config.format,
         config.hop,
         config.top_k,
+        config.min_silence,
     )
 
 
