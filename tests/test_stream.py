@@ -16,9 +16,16 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from voxclass import Classifier
-from voxclass.audio import load_audio
+from voxclass.audio import Resampler, load_audio
+from voxclass.config import ConfigError
 from voxclass.serve import create_app
-from voxclass.stream import StreamSession, StreamSettings, classify_steps, print_events
+from voxclass.stream import (
+    StreamSession,
+    StreamSettings,
+    _Pending,
+    classify_steps,
+    print_events,
+)
 
 GAP = 1.2  # seconds of silence before, between and after the two digits
 
@@ -106,6 +113,51 @@ def test_silence_costs_no_model_call(clf, two_digits):
     calls = sum(e["type"] == "segment" or (e["type"] == "hop" and e["speech"]) for e in events)
     assert clf.scored - before == calls == session.model_calls
     assert calls < len(events) / 2
+
+
+def test_a_segment_is_handed_out_once_min_silence_is_heard_not_behind_a_hop(clf, two_digits):
+    # Sent at twice the model's rate, so the model's audio lags the detector's through the
+    # resampler (about 64 ms), with hops every 50 ms waiting for that audio.
+    wave, _ = two_digits
+    rate = 2 * clf.sampling_rate
+    up = Resampler(clf.sampling_rate, rate)
+    sent_wave = np.concatenate([up.push(wave), up.flush()])
+    settings = StreamSettings(sampling_rate=rate, hop=0.05)
+    session = StreamSession(clf, settings)
+    chunk = int(0.02 * rate)
+    lags = []
+    for at in range(0, len(sent_wave), chunk):
+        for step in session.feed_samples(sent_wave[at : at + chunk]):
+            if step.event["type"] == "segment":
+                speech_end = step.event["end"] - settings.speech_pad
+                lags.append((at + chunk) / rate - speech_end)
+    frame = 0.032
+    wait = np.ceil(settings.min_silence / frame - 1e-9) * frame  # whole detector frames
+    assert len(lags) == 2
+    # The detector decides at the end of the wait's last frame (the detector's audio is not
+    # delayed at this rate); the segment comes out with the 20 ms message holding that frame.
+    assert max(lags) <= wait + 0.02 + 1e-3, lags
+
+
+def test_an_event_whose_audio_has_arrived_is_not_held_behind_one_still_waiting(clf):
+    # A segment is decided min_silence after its end; the hop queued just before it may still
+    # wait for the model's resampler. Released in queue order, the segment waited for it
+    # (80 ms in benchmarks/stream_latency.py).
+    session = StreamSession(clf, StreamSettings(sampling_rate=2 * clf.sampling_rate))
+    session.feed_samples(np.zeros(2 * clf.sampling_rate, np.float32))
+    arrived = session.received
+    session.waiting = [_Pending("hop", 0, arrived + 100), _Pending("segment", 0, arrived - 100)]
+    assert [step.event["type"] for step in session._release()] == ["segment"]
+    later = session.feed_samples(np.zeros(clf.sampling_rate, np.float32))
+    assert later[0].event["type"] == "hop"  # its audio arrived: out first (it ends first)
+    assert later[0].event["end"] == round((arrived + 100) / clf.sampling_rate, 6)
+
+
+def test_min_silence_out_of_bounds_is_one_error_line(tmp_path, trained_tone_model):
+    with pytest.raises(ConfigError, match="min_silence 0.001"):
+        StreamSettings(sampling_rate=16000, min_silence=0.001).check()
+    with pytest.raises(ConfigError, match="--stream-min-silence"):
+        create_app(trained_tone_model, stream_min_silence=9)
 
 
 def test_segment_labels_are_predicts_on_the_segment_cut_out_as_a_file(

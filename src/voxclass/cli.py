@@ -578,6 +578,7 @@ def stream(config) -> None:
         config.format,
         config.hop,
         config.top_k,
+        config.min_silence,
     )
 
 

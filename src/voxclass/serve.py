@@ -89,6 +89,9 @@ class ServeConfig:
     localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0."""
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
     """Longest /v1/stream in seconds of audio (closed with a reason above)."""
+    stream_min_silence: float = 0.15
+    """Seconds of silence that end a /v1/stream segment (whole 32 ms detector frames): shorter
+    gives segment events sooner and splits more words at a pause."""
 
 
 def default_max_audio_seconds(model_max_seconds: float) -> float:
@@ -349,7 +352,11 @@ class StreamClosed(Exception):
 
 
 def stream_settings(
-    message: dict, headers: Headers, token: str | None, limits: AudioLimits
+    message: dict,
+    headers: Headers,
+    token: str | None,
+    limits: AudioLimits,
+    min_silence: float = 0.15,
 ) -> StreamSettings:
     """The settings of a `/v1/stream` first message (already parsed JSON), after the token
     check; StreamClosed naming the problem otherwise."""
@@ -385,6 +392,7 @@ def stream_settings(
         sample_format=message.get("format", "pcm16"),
         hop=message.get("hop", 0.5),
         top_k=message.get("top_k", 5),
+        min_silence=min_silence,
     )
     try:
         settings.check(limits)
@@ -402,6 +410,7 @@ async def run_stream(
     token: str | None,
     limits: AudioLimits,
     max_stream_seconds: float,
+    min_silence: float = 0.15,
 ) -> None:
     """One `/v1/stream` connection: the first message, then audio until the client sends
     `{"type": "end"}` (the last events, then close 1000) or hangs up. A broken rule closes
@@ -422,7 +431,7 @@ async def run_stream(
             raise StreamClosed(
                 CLOSE_BAD_DATA, 'first message must be JSON text, e.g. {"sampling_rate": 16000}'
             ) from None
-        settings = stream_settings(message, ws.headers, token, limits)
+        settings = stream_settings(message, ws.headers, token, limits, min_silence)
         session = StreamSession(clf, settings)
         await ws.send_json(
             {
@@ -463,17 +472,30 @@ async def run_stream(
                     steps = await run_in_threadpool(session.feed, data)
                 except AudioError as err:
                     raise StreamClosed(CLOSE_BAD_DATA, f"audio {err.reason}") from None
-            for step in steps:
-                prediction = None
-                if step.wave is not None:
-                    try:
-                        prediction = await batcher.predict(step.wave, "stream", settings.top_k)
-                    except Exception as err:
-                        log.error("classifying a stream failed", exc_info=err)
-                        raise StreamClosed(
-                            CLOSE_ERROR, "the model failed (see the server log)"
-                        ) from None
-                await ws.send_json(step.done(prediction))
+            # Every wave of these steps goes to the batcher at once: a segment released with
+            # a hop shares its forward instead of waiting for the hop's own.
+            predictions = [
+                asyncio.ensure_future(batcher.predict(step.wave, "stream", settings.top_k))
+                if step.wave is not None
+                else None
+                for step in steps
+            ]
+            try:
+                for step, prediction in zip(steps, predictions, strict=True):
+                    result = None
+                    if prediction is not None:
+                        try:
+                            result = await prediction
+                        except Exception as err:
+                            log.error("classifying a stream failed", exc_info=err)
+                            raise StreamClosed(
+                                CLOSE_ERROR, "the model failed (see the server log)"
+                            ) from None
+                    await ws.send_json(step.done(result))
+            finally:  # a hang-up or failure: the batcher skips the waves nobody awaits
+                for prediction in predictions:
+                    if prediction is not None:
+                        prediction.cancel()
             if session.finished:
                 await ws.close(CLOSE_NORMAL, "end of stream")
                 return
@@ -491,6 +513,7 @@ def create_app(
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
+    stream_min_silence: float = 0.15,
 ) -> FastAPI:
     """The app over one classifier, loaded here once (a trained or exported model dir).
 
@@ -499,7 +522,8 @@ def create_app(
     ConfigError (it would mean no authentication). `max_audio_seconds` (default
     `default_max_audio_seconds` of the model) and `max_sample_rate` bound each upload, checked
     from its header before decoding. `allowed_hosts`: accepted Host header values (default the
-    loopback names; `*` accepts any). `max_stream_seconds` bounds each `/v1/stream`.
+    loopback names; `*` accepts any). `max_stream_seconds` bounds each `/v1/stream`, and
+    `stream_min_silence` is the silence that ends its segments (`StreamSettings.min_silence`).
     """
     if token is not None and not token.strip():
         raise ConfigError(
@@ -511,6 +535,10 @@ def create_app(
     if max_sample_rate < AudioLimits.min_rate:
         raise ConfigError(
             f"--max-sample-rate must be at least {AudioLimits.min_rate} Hz, got {max_sample_rate}"
+        )
+    if not 0.03 <= stream_min_silence <= 5:
+        raise ConfigError(
+            f"--stream-min-silence must be 0.03-5 seconds, got {stream_min_silence:g}"
         )
     hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else allowed_hosts
     try:
@@ -623,7 +651,7 @@ def create_app(
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
         """Live classification (see `run_stream` and the README's Live streaming section)."""
-        await run_stream(ws, clf, batcher, token, limits, max_stream_seconds)
+        await run_stream(ws, clf, batcher, token, limits, max_stream_seconds, stream_min_silence)
 
     if token:  # show the scheme in /docs, so "Authorize" there sends the header
         schema = app.openapi()
@@ -665,6 +693,7 @@ def serve(
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
+    stream_min_silence: float = 0.15,
 ) -> None:
     """Load the model once and serve until interrupted. `allowed_hosts` defaults to
     `default_allowed_hosts(host)`; a bind other machines can reach without a token, or on all
@@ -679,6 +708,7 @@ def serve(
         max_sample_rate,
         default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts,
         max_stream_seconds=max_stream_seconds,
+        stream_min_silence=stream_min_silence,
     )
     for warning in exposure_warnings(host, token, allowed_hosts):
         print(warning, file=sys.stderr)

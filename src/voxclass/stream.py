@@ -69,8 +69,9 @@ class StreamSettings:
     """Speech starts at a detector probability at least this; it ends below this - 0.15
     (Silero's own hysteresis)."""
     min_silence: float = 0.15
-    """Seconds of silence that end a segment: longer waits merge words split by a short
-    pause, and delay every segment event by as much."""
+    """Seconds of silence that end a segment, rounded up to whole 32 ms detector frames (0.15:
+    5 frames, 160 ms): longer waits merge words split by a short pause, and delay every segment
+    event by as much (most of a segment event's latency)."""
     min_speech: float = 0.1
     """Shorter spoken stretches (clicks, a cough) give no segment event."""
     speech_pad: float = 0.03
@@ -102,6 +103,11 @@ class StreamSettings:
             )
         if not (isinstance(self.top_k, int) and self.top_k >= 1):
             raise StreamSettingsError("top_k", f"top_k {self.top_k!r}: give at least 1")
+        silence = self.min_silence
+        if not (isinstance(silence, (int, float)) and 0.03 <= silence <= 5):
+            raise StreamSettingsError(
+                "min_silence", f"min_silence {silence!r}: give 0.03-5 seconds (default 0.15)"
+            )
 
 
 @dataclass
@@ -264,10 +270,16 @@ class StreamSession:
             self.waiting.append(_Pending("segment", max(0, start - pad), end + pad))
 
     def _release(self) -> list[Step]:
-        """The queued events whose audio has arrived (all of them once finished), in order."""
+        """The queued events whose audio has arrived (all of them once finished), in the order
+        of their ends."""
+        # By end, not by when the detector decided them: a segment is decided `min_silence`
+        # after its end, by which time the hop queued just before it still waits some tens of
+        # ms for the model's resampler; releasing in queue order held the segment back behind
+        # it (up to 80 ms in benchmarks/stream_latency.py).
+        ready = [p for p in self.waiting if self.finished or p.end <= self.received]
+        self.waiting = [p for p in self.waiting if not (self.finished or p.end <= self.received)]
         steps = []
-        while self.waiting and (self.finished or self.waiting[0].end <= self.received):
-            pending = self.waiting.pop(0)
+        for pending in sorted(ready, key=lambda p: p.end):
             end = min(pending.end, self.received)
             event: dict[str, Any] = {
                 "type": pending.kind,
@@ -366,6 +378,11 @@ class StreamConfig:
     """Seconds of audio between hop events."""
     top_k: int = 5
     """Labels per event."""
+    min_silence: float = 0.15
+    """Seconds of silence that end a segment (whole 32 ms detector frames): shorter gives
+    segment events sooner and splits more words at a pause."""
+
+
 """What raw PCM on stdin is taken to be unless `--rate` / `--format` say otherwise (what
 `arecord -f S16_LE -r 16000` sends)."""
 
@@ -378,6 +395,7 @@ def print_events(
     sample_format: str | None = None,
     hop: float = 0.5,
     top_k: int = 5,
+    min_silence: float = 0.15,
     stdin: BinaryIO | None = None,
     out: TextIO | None = None,
 ) -> None:
@@ -396,6 +414,7 @@ def print_events(
         sample_format=sample_format or STDIN_FORMAT,
         hop=hop,
         top_k=top_k,
+        min_silence=min_silence,
     )
     if source != "-" and not Path(source).is_file():
         raise ConfigError(f"{source}: no such file (give an audio file, or - for stdin)")
