@@ -17,15 +17,21 @@ recording it reports, in ms of stream audio after the recording's end:
 time is the rest of stream_latency.py's figure.
 
     python benchmarks/stream_breakdown.py MODEL [--min-silence 0.15] [--utterances 20]
+    python benchmarks/stream_breakdown.py --quick    # a fresh `tiny` preset, 3 utterances
+
+`--quick` (what the test suite runs) checks that the benchmark runs, not a latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from serve_load import fresh_model
 from stream_latency import CHUNK_SECONDS, speech_stream
 
 from voxclass import Classifier
@@ -48,11 +54,18 @@ class Recording(StreamSession):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="trained or exported model dir")
+    parser.add_argument("model", type=Path, nargs="?", help="trained or exported model dir")
     parser.add_argument("--min-silence", type=float, default=StreamSettings.min_silence)
     parser.add_argument("--utterances", type=int, default=20)
     parser.add_argument("--rate", type=int, default=16000, help="rate the client sends at")
+    parser.add_argument("--quick", action="store_true", help="fresh tiny model, 3 utterances")
     args = parser.parse_args()
+    if args.quick:
+        torch.manual_seed(0)
+        args.model = fresh_model("tiny", Path(tempfile.mkdtemp(prefix="stream-breakdown-")))
+        args.utterances = 3
+    if args.model is None:
+        parser.error("give MODEL (or --quick)")
 
     clf = Classifier.load(args.model)
     wave, spans = speech_stream(args.utterances, args.rate)

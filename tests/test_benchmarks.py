@@ -200,6 +200,25 @@ def check_pretrained_vs_scratch(output: str) -> None:
     assert all(float(s) > 0 for s in rows["training seconds, all runs"][:2]), rows
 
 
+def check_stream_breakdown(output: str) -> None:
+    rows = {line[:22].strip(): line[22:].split(" / ") for line in output.splitlines()}
+    parts = ["detector end", "min-silence wait", "release wait", "model"]
+    for name in [*parts, "audio + model"]:
+        assert len(rows[name]) == 3, (name, output)  # p50 / p95 / max
+    p50, p95, top = (float(v) for v in rows["min-silence wait"])
+    assert 0 < p50 <= p95 <= top, output  # the detector's frames after the speech ends
+    assert re.search(r"3 recordings, [1-9]\d* segments", output), output
+
+
+def check_whole_process(output: str) -> None:
+    rows = markdown_rows(output)
+    ours, theirs = "voxclass predict, int8 ONNX export", "transformers.pipeline, 1 clip/call"
+    assert rows[theirs][3] == "1.00x" and float(rows[ours][2]) > 0, output
+    assert re.search(r"^12 clips in ", output, re.M), output
+    agreement = float(re.search(r"with the pipeline: ([\d.]+)%", output).group(1))
+    assert 0 <= agreement <= 100, output
+
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
@@ -208,9 +227,11 @@ BENCHMARKS: dict[str, Callable[[str], None]] = {
     "scale_out.py": check_scale_out,
     "serve_abuse.py": check_serve_abuse,
     "serve_load.py": check_serve_load,
+    "stream_breakdown.py": check_stream_breakdown,
     "stream_latency.py": check_stream_latency,
     "startup.py": check_startup,
     "unseen_speakers.py": check_unseen_speakers,
+    "whole_process.py": check_whole_process,
 }
 
 
