@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -69,6 +70,13 @@ def write_tone_mix_manifest(root: Path, per_set: int = 4, rate: int = 8000) -> P
             rows.append(f"{name},{';'.join(labels)}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: a shell starts background
+    jobs with SIGINT ignored, the child would inherit that, and Python then never raises
+    KeyboardInterrupt in it (the test would see the job finish instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

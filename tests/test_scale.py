@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_tone_folder
+from conftest import default_sigint, write_tone_folder
 
 from voxclass import cli
 from voxclass.classifier import Classifier
@@ -111,7 +111,9 @@ def test_interrupted_run_resumes_to_every_input_exactly_once(
     args = ["predict", str(trained_tone_model), str(clips), "--top-k", "2"]
     args += ["--engine", "shards", "--chunk-size", "4", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    job = subprocess.Popen([sys.executable, "-m", "voxclass", *args], env=env)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "voxclass", *args], env=env, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("part-*.parquet")) and job.poll() is None:
         assert time.monotonic() < deadline, "no shard within 120 s"

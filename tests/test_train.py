@@ -16,6 +16,7 @@ from conftest import (
     TONE_SETS,
     TONES,
     burst,
+    default_sigint,
     tone,
     write_local_wav2vec2,
     write_tone_folder,
@@ -758,7 +759,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     ]
     with open(log, "w") as stderr:
         job = subprocess.Popen(
-            [sys.executable, "-m", "voxclass", *args], stdout=subprocess.DEVNULL, stderr=stderr
+            [sys.executable, "-m", "voxclass", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=default_sigint,
         )
         try:
             deadline = time.monotonic() + 300
