@@ -77,12 +77,23 @@ def test_int8_export_of_a_trained_model_keeps_its_predictions(trained_tone_model
     assert [p.labels[0] for p in clf.predict_batch(waves, 8000)[::2]] == list(TONES)
 
 
+def test_a_dynamic_int8_clip_scores_the_same_whatever_its_batch(trained_tone_model, tmp_path):
+    export(trained_tone_model, tmp_path / "int8", int8=True)
+    clf = Classifier.load(tmp_path / "int8")
+    waves = [burst(f, 1.0, 8000, seed=s) for s in (1, 2) for f in TONES.values()]
+    together = clf.probabilities(waves, batch_size=16)
+    alone = np.concatenate([clf.probabilities([w]) for w in waves])
+    assert np.array_equal(together, alone)  # bit for bit: no neighbour changes a clip's scale
+    graph = clf.runtime
+    graph.per_clip = False  # the whole batch through one run: the scales are shared
+    assert not np.array_equal(clf.probabilities(waves, batch_size=16), alone)
+
+
 def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
     """The reported top-1 agreement, recomputed with onnxruntime run directly on model.onnx.
-    Random weights give near-tied scores, so int8 flips some answers (21 of 24 agree with
-    seed 0): a figure to get right, not a bound to pass. Dynamic int8 sets its scales per
-    batch, so the clips go in as export validates them: 4 at a time, sorted by length (all
-    equal here)."""
+    Random weights give near-tied scores, so int8 flips some answers: a figure to get right,
+    not a bound to pass. Dynamic int8 sets its scales per batch, so the clips go in as export
+    validates them and `Classifier` runs them: one at a time."""
     torch.manual_seed(0)
     src = save_preset("tiny", tmp_path / "model")
     reference = Classifier.load(src)
@@ -94,8 +105,8 @@ def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "int8" / "model.onnx"))
     kinds = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
     int8_top1 = []
-    for start in range(0, len(clips), 4):
-        features = [extract_one(extractor, c, rate) for c in clips[start : start + 4]]
+    for clip in clips:
+        features = [extract_one(extractor, clip, rate)]
         padded = extractor.pad({extractor.model_input_names[0]: features}, return_tensors="np")
         feed = {i.name: padded[i.name].astype(kinds[i.type]) for i in session.get_inputs()}
         int8_top1.extend(session.run(["logits"], feed)[0].argmax(1))

@@ -234,7 +234,8 @@ def export(
         elif int8:
             _quantize(tmp / ONNX_FILE)
         extractors.save(extractor, tmp, clips)
-        onnx = OnnxBackend(tmp / ONNX_FILE, model.config, extractor)
+        dynamic = int8 and calibration is None  # one clip per run, as it will be loaded
+        onnx = OnnxBackend(tmp / ONNX_FILE, model.config, extractor, per_clip=dynamic)
         diff, agreement = _compare(reference, onnx, clips, rate, shortest)
         report = ExportReport(
             str(out),

@@ -7,6 +7,7 @@ transformers when its feature extractor was saved in numpy form (`extractors`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,16 +62,18 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """An exported graph run by onnxruntime on the CPU. No torch needed."""
+    """An exported graph run by onnxruntime on the CPU. No torch needed. `per_clip`: run each
+    clip alone, for dynamic int8 graphs (see `is_dynamic_int8`)."""
 
     name = "onnx"
     device = "cpu"
 
-    def __init__(self, graph: str | Path, config: Any, extractor: Any):
+    def __init__(self, graph: str | Path, config: Any, extractor: Any, per_clip: bool = False):
         import onnxruntime as ort
 
         self.config = config
         self.extractor = extractor
+        self.per_clip = per_clip
         try:
             self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail...)
@@ -94,7 +97,21 @@ class OnnxBackend:
         return {key: np.asarray(padded[key], dtype=kind) for key, kind in self.inputs.items()}
 
     def logits(self, features: list[np.ndarray]) -> np.ndarray:
+        if self.per_clip:
+            runs = [self.session.run(["logits"], self.feed([f]))[0] for f in features]
+            return np.concatenate(runs)
         return self.session.run(["logits"], self.feed(features))[0]
+
+
+def is_dynamic_int8(path: Path) -> bool:
+    """Whether an exported directory holds a dynamic int8 graph (its `export.json`). Dynamic
+    int8 quantizes a batch's activations with one scale for the whole batch, so a clip's scores
+    would depend on the clips beside it; run alone, each clip gets its own, as with torch."""
+    try:
+        report = json.loads((path / "export.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(report.get("int8")) and not report.get("calibration")
 
 
 def load_onnx(path: Path) -> OnnxBackend:
@@ -102,7 +119,7 @@ def load_onnx(path: Path) -> OnnxBackend:
     (`extractors`) when the export checked that it matches, else through transformers."""
     if (plain := extractors.load(path)) is not None:
         config, extractor = plain
-        return OnnxBackend(path / ONNX_FILE, config, extractor)
+        return OnnxBackend(path / ONNX_FILE, config, extractor, is_dynamic_int8(path))
     from transformers import AutoConfig, AutoFeatureExtractor
 
     try:
@@ -112,7 +129,7 @@ def load_onnx(path: Path) -> OnnxBackend:
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load the exported model ({err})") from None
-    return OnnxBackend(path / ONNX_FILE, config, extractor)
+    return OnnxBackend(path / ONNX_FILE, config, extractor, is_dynamic_int8(path))
 
 
 def load_backend(path: str | Path, device: str = "cpu") -> Backend:
