@@ -41,7 +41,13 @@ from . import __version__
 from .audio import AudioError, AudioLimitError, AudioLimits, load_audio
 from .classifier import Classifier, Prediction
 from .config import ConfigError
-from .stream import StreamSession, StreamSettings, StreamSettingsError
+from .stream import (
+    MIN_SILENCE,
+    MIN_SILENCE_RANGE,
+    StreamSession,
+    StreamSettings,
+    StreamSettingsError,
+)
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
@@ -89,7 +95,7 @@ class ServeConfig:
     localhost, 127.0.0.1, [::1] and --host unless it is 0.0.0.0."""
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
     """Longest /v1/stream in seconds of audio (closed with a reason above)."""
-    stream_min_silence: float = 0.15
+    stream_min_silence: float = MIN_SILENCE
     """Seconds of silence that end a /v1/stream segment (whole 32 ms detector frames): shorter
     gives segment events sooner and splits more words at a pause."""
 
@@ -356,7 +362,7 @@ def stream_settings(
     headers: Headers,
     token: str | None,
     limits: AudioLimits,
-    min_silence: float = 0.15,
+    min_silence: float = MIN_SILENCE,
 ) -> StreamSettings:
     """The settings of a `/v1/stream` first message (already parsed JSON), after the token
     check; StreamClosed naming the problem otherwise."""
@@ -410,7 +416,7 @@ async def run_stream(
     token: str | None,
     limits: AudioLimits,
     max_stream_seconds: float,
-    min_silence: float = 0.15,
+    min_silence: float = MIN_SILENCE,
 ) -> None:
     """One `/v1/stream` connection: the first message, then audio until the client sends
     `{"type": "end"}` (the last events, then close 1000) or hangs up. A broken rule closes
@@ -513,7 +519,7 @@ def create_app(
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
-    stream_min_silence: float = 0.15,
+    stream_min_silence: float = MIN_SILENCE,
 ) -> FastAPI:
     """The app over one classifier, loaded here once (a trained or exported model dir).
 
@@ -536,9 +542,10 @@ def create_app(
         raise ConfigError(
             f"--max-sample-rate must be at least {AudioLimits.min_rate} Hz, got {max_sample_rate}"
         )
-    if not 0.03 <= stream_min_silence <= 5:
+    low, high = MIN_SILENCE_RANGE
+    if not low <= stream_min_silence <= high:
         raise ConfigError(
-            f"--stream-min-silence must be 0.03-5 seconds, got {stream_min_silence:g}"
+            f"--stream-min-silence must be {low:g}-{high:g} seconds, got {stream_min_silence:g}"
         )
     hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else allowed_hosts
     try:
@@ -693,7 +700,7 @@ def serve(
     max_sample_rate: int = DEFAULT_MAX_SAMPLE_RATE,
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
-    stream_min_silence: float = 0.15,
+    stream_min_silence: float = MIN_SILENCE,
 ) -> None:
     """Load the model once and serve until interrupted. `allowed_hosts` defaults to
     `default_allowed_hosts(host)`; a bind other machines can reach without a token, or on all

