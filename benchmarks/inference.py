@@ -152,9 +152,11 @@ def main() -> None:
         (f"voxclass onnx {kind}", Classifier.load(path), size_mb(path, "*.onnx"))
         for kind, path in onnx_rows
     ]:
+        # A dynamic int8 graph runs each clip alone (its activation scales are per run).
+        per_clip = getattr(clf.runtime, "per_clip", False)
         backends.append(
             (
-                f"{name}, batch {args.batch_size}",
+                f"{name}, 1 clip/run" if per_clip else f"{name}, batch {args.batch_size}",
                 lambda cs, c=clf: c.probabilities(cs, args.batch_size).argmax(1),
                 lambda w, c=clf: c.probabilities([w]),
                 mb,

@@ -11,13 +11,15 @@ with fixed random weights is used. The Ray instance is started once before the t
 timed run includes loading the model in every actor, decoding, classifying and writing the
 shards. Each row also splits its time into start-up (model load for plain; for Ray, until as
 many shards as workers are written) and the steady clips/s after it. Plain `predict` is timed
-twice: with torch's default threads (all cores) and with one thread, the share one Ray
-worker gets (`OMP_NUM_THREADS=1` in each actor), which isolates the engine's own overhead.
+twice: with the default threads (all cores) and with one thread, the share one Ray worker gets
+(Ray sets `OMP_NUM_THREADS=1` in each actor, which torch and voxclass's onnxruntime session
+obey), which isolates the engine's own overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,19 +124,25 @@ def main() -> None:
         inputs = [str(root / "clips")]
         chunk = max(1, args.clips // 24)  # enough chunks to keep two workers busy to the end
 
-        def plain() -> tuple[Row, list]:
-            load_s, clf = timed(lambda: Classifier.load(model))
-            run_s, results = timed(
-                lambda: run(clf, expand_inputs(inputs), top_k=3, batch_size=args.batch_size)
-            )
+        def plain(one_thread: bool = False) -> tuple[Row, list]:
+            # One thread: torch's, and onnxruntime's through OMP_NUM_THREADS, as in an actor.
+            if one_thread:
+                torch.set_num_threads(1)
+                os.environ["OMP_NUM_THREADS"] = "1"
+            try:
+                load_s, clf = timed(lambda: Classifier.load(model))
+                run_s, results = timed(
+                    lambda: run(clf, expand_inputs(inputs), top_k=3, batch_size=args.batch_size)
+                )
+            finally:
+                torch.set_num_threads(threads)
+                os.environ.pop("OMP_NUM_THREADS", None)
             return Row(load_s + run_s, load_s, args.clips / run_s), results
 
         threads = torch.get_num_threads()
         rows: dict[str, Row] = {}
         rows[f"plain predict ({threads} threads)"], results = plain()
-        torch.set_num_threads(1)
-        rows["plain predict (1 thread)"], _ = plain()
-        torch.set_num_threads(threads)
+        rows["plain predict (1 thread)"], _ = plain(one_thread=True)
         reference = results_table(results).to_pandas().set_index("source").sort_index()
 
         init_s, _ = timed(lambda: ray.init(num_cpus=2, include_dashboard=False,

@@ -89,6 +89,20 @@ def test_a_dynamic_int8_clip_scores_the_same_whatever_its_batch(trained_tone_mod
     assert not np.array_equal(clf.probabilities(waves, batch_size=16), alone)
 
 
+def test_an_export_keeps_to_the_thread_budget_of_omp_num_threads(
+    trained_tone_model, tmp_path, monkeypatch
+):
+    # Ray sets OMP_NUM_THREADS to each actor's CPU share; onnxruntime would otherwise take
+    # every core in every actor, and two actors on two cores would fight for them.
+    export(trained_tone_model, tmp_path / "onnx")
+    threads = {}
+    for value in ("1", "3", "", "zero"):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        session = Classifier.load(tmp_path / "onnx").runtime.session
+        threads[value] = session.get_session_options().intra_op_num_threads
+    assert threads == {"1": 1, "3": 3, "": 0, "zero": 0}  # 0: onnxruntime's own default
+
+
 def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
     """The reported top-1 agreement, recomputed with onnxruntime run directly on model.onnx.
     Random weights give near-tied scores, so int8 flips some answers: a figure to get right,

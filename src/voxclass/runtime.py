@@ -8,6 +8,7 @@ transformers when its feature extractor was saved in numpy form (`extractors`).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,19 +64,31 @@ class TorchBackend:
 
 class OnnxBackend:
     """An exported graph run by onnxruntime on the CPU. No torch needed. `per_clip`: run each
-    clip alone, for dynamic int8 graphs (see `is_dynamic_int8`)."""
+    clip alone, for dynamic int8 graphs (see `is_dynamic_int8`). `threads`: onnxruntime's
+    intra-op threads (None: its default, one per physical core)."""
 
     name = "onnx"
     device = "cpu"
 
-    def __init__(self, graph: str | Path, config: Any, extractor: Any, per_clip: bool = False):
+    def __init__(self, graph: str | Path, config: Any, extractor: Any, per_clip: bool = False,
+                 threads: int | None = None):  # fmt: skip
         import onnxruntime as ort
 
         self.config = config
         self.extractor = extractor
         self.per_clip = per_clip
+        options = ort.SessionOptions()
+        # Idle pool threads spin by default, taking cycles from the calling thread, which
+        # decodes and extracts the next clips between runs, and from any other process on the
+        # machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(graph), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail...)
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise ModelError(
@@ -114,12 +127,21 @@ def is_dynamic_int8(path: Path) -> bool:
     return bool(report.get("int8")) and not report.get("calibration")
 
 
+def thread_budget() -> int | None:
+    """The threads this process may use, from `OMP_NUM_THREADS` (which torch obeys by itself
+    and onnxruntime does not; Ray sets it in each actor to the actor's CPU share), or None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def load_onnx(path: Path) -> OnnxBackend:
     """An exported directory: its graph and the feature extractor saved beside it, in numpy
-    (`extractors`) when the export checked that it matches, else through transformers."""
+    (`extractors`) when the export checked that it matches, else through transformers. The
+    session uses `thread_budget()` threads when set."""
+    dynamic, threads = is_dynamic_int8(path), thread_budget()
     if (plain := extractors.load(path)) is not None:
         config, extractor = plain
-        return OnnxBackend(path / ONNX_FILE, config, extractor, is_dynamic_int8(path))
+        return OnnxBackend(path / ONNX_FILE, config, extractor, dynamic, threads)
     from transformers import AutoConfig, AutoFeatureExtractor
 
     try:
@@ -129,7 +151,7 @@ def load_onnx(path: Path) -> OnnxBackend:
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"{path}: cannot load the exported model ({err})") from None
-    return OnnxBackend(path / ONNX_FILE, config, extractor, is_dynamic_int8(path))
+    return OnnxBackend(path / ONNX_FILE, config, extractor, dynamic, threads)
 
 
 def load_backend(path: str | Path, device: str = "cpu") -> Backend:
