@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli, write_tone_folder
 
 import voxclass.model
@@ -103,16 +105,17 @@ def test_pretrain_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def _crashing_batches(crash_in: int):
-    """Stand-in for `_batches`: process number `key[2]` makes batches {"process", "i"}, and
-    every process numbered below `crash_in` dies of a segfault at its third batch, as
-    espeak-ng does on the rare text that crashes it."""
+    """Stand-in for `_batches`: process number `key[2]` makes batches {"process", "i",
+    "samples"} (a tensor, as real batches hold), and every process numbered below `crash_in`
+    dies of a segfault at its third batch, as espeak-ng does on the rare text that crashes it."""
 
     def batches(config, vocab, extractor, key):
         for i in itertools.count():
             if key[2] < crash_in and i == 2:
+                time.sleep(0.5)  # the reader has not taken the batches sent before: both wait
                 faulthandler.disable()  # pytest's would print the stack of the planned crash
                 os.kill(os.getpid(), signal.SIGSEGV)
-            yield {"process": key[2], "i": i}
+            yield {"process": key[2], "i": i, "samples": torch.full((1000,), float(i))}
 
     return batches
 
@@ -121,9 +124,14 @@ def test_a_crashed_synthesis_process_is_replaced_and_training_goes_on(monkeypatc
     monkeypatch.setattr(voxclass.pretrain, "_batches", _crashing_batches(crash_in=1))
     logs = []
     stream = voxclass.pretrain._stream(short(Path("unused"), workers=1), {}, None, logs.append)
-    got = [next(stream) for _ in range(5)]
+    first = next(stream)
+    time.sleep(1.0)  # the process crashes with its second batch sent and not yet read
+    got = [first] + [next(stream) for _ in range(4)]
     stream.close()
-    assert got == [{"process": p, "i": i} for p, i in ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2))]
+    order = ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2))
+    assert [(b["process"], b["i"]) for b in got] == list(order)
+    for batch in got:  # a batch sent just before its process died arrives whole
+        assert torch.equal(batch["samples"], torch.full((1000,), float(batch["i"])))
     assert logs == ["a synthesis process died (exit code -11); starting another"]
 
 

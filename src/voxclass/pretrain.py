@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
 import time
@@ -223,13 +224,15 @@ def _batches(
 
 def _produce(config: PretrainConfig, vocab: dict, extractor: Any, key: list[int], conn) -> None:
     """A synthesis process: sends batches down `conn` until the reader goes away. Each send
-    completes before the next clip is made, so a crash never leaves half a batch in the pipe."""
+    completes before the next clip is made, so a crash never leaves half a batch in the pipe.
+    Batches go as plain pickles, tensors by value: `conn.send` would pass a tensor's storage
+    as a file descriptor fetched later from this process, and a crash in between loses it."""
     import torch
 
     torch.set_num_threads(1)  # the training process has the cores
     try:
         for batch in _batches(config, vocab, extractor, key):
-            conn.send(batch)
+            conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         pass
 
@@ -267,7 +270,7 @@ def _stream(config: PretrainConfig, vocab: dict[str, int], extractor: Any, log) 
             for ready in wait([reader for _, reader in workers]):
                 index = next(i for i, (_, r) in enumerate(workers) if r is ready)
                 try:
-                    yield ready.recv()
+                    yield pickle.loads(ready.recv_bytes())
                 except EOFError:
                     process, _ = workers[index]
                     process.join()
