@@ -245,6 +245,9 @@ class PadCollator:
     num_labels: int | None = None
     """Multi-label: each example's label is a list of label ids, sent as a float multi-hot row
     of this width (what BCE-with-logits takes). None: one label id per example."""
+    speakers: dict[str, int] | None = None
+    """Speaker-adversarial training: each example's `group` as a speaker id in `speakers`
+    (-100 for a group not in it), sent as `speakers`. None: no speaker ids."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         import torch
@@ -257,4 +260,7 @@ class PadCollator:
             for row, example in enumerate(examples):
                 hot[row, [int(i) for i in example["label"]]] = 1.0
             batch["labels"] = hot
+        if self.speakers is not None:
+            ids = [self.speakers.get(e.get("group"), -100) for e in examples]
+            batch["speakers"] = torch.tensor(ids)
         return batch
