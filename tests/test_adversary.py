@@ -8,34 +8,48 @@ from conftest import write_tone_folder
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from voxclass.adversary import GradientReversal, SpeakerAdversary, ramp
+from voxclass.adversary import SpeakerAdversary, ramp
 from voxclass.config import ConfigError
 from voxclass.features import PadCollator
 from voxclass.model import build_model
 from voxclass.train import TrainConfig, train
 
 
-def test_gradient_reversal_is_identity_forward_and_flips_the_scaled_gradient():
-    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
-    y = GradientReversal.apply(x, 0.5)
-    assert torch.equal(y, x.detach())
-    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
-    assert x.grad.tolist() == [-0.5, -1.0, -1.5]
-
-
-def test_the_reversal_ramps_from_zero_to_full_strength():
+def test_the_confusion_loss_ramps_from_zero_to_full_strength():
     assert ramp(0.0) == 0.0
     assert 0.45 < ramp(0.1) < 0.5
     assert ramp(1.0) > 0.999 and ramp(2.0) == ramp(1.0)
 
 
-def test_the_speaker_loss_ignores_unknown_speakers():
+def head_and_features(weight: float) -> tuple[SpeakerAdversary, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    head = SpeakerAdversary(4, 3)
+    pooled = torch.randn(5, 4, requires_grad=True)
+    head.loss(pooled, torch.tensor([0, 1, 2, 0, -100]), weight).backward()
+    return head, pooled, pooled.grad
+
+
+def test_the_head_learns_the_speaker_and_only_the_confusion_loss_moves_the_features():
+    head, _, grad = head_and_features(0.0)
+    assert grad.abs().sum() == 0  # the speaker cross-entropy trains the head alone
+    assert head.out.weight.grad.abs().sum() > 0
+    confused, pooled, grad = head_and_features(2.0)
+    assert grad[:4].abs().sum() > 0 and grad[4].abs().sum() == 0  # -100: not counted
+    # The confusion term leaves the head's weights alone.
+    assert torch.equal(confused.out.weight.grad, head.out.weight.grad)
+
+    # A step along the features' gradient brings the head's output nearer uniform.
+    def distance_to_uniform(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(-torch.log_softmax(confused(x[:4]), -1).mean())
+
+    assert distance_to_uniform(pooled - 0.1 * grad) < distance_to_uniform(pooled)
+
+
+def test_no_known_speaker_is_no_loss():
     head = SpeakerAdversary(4, 2)
     pooled = torch.randn(3, 4, requires_grad=True)
     assert head.loss(pooled, torch.tensor([-100, -100, -100]), 1.0).item() == 0.0
-    loss = head.loss(pooled, torch.tensor([0, 1, -100]), 1.0)
-    loss.backward()
-    assert loss.item() > 0 and pooled.grad[2].abs().sum() == 0 and pooled.grad[0].abs().sum() > 0
 
 
 def test_the_collator_sends_speaker_ids_and_minus_100_for_unknown_speakers():

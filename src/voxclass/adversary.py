@@ -1,8 +1,10 @@
 """Speaker-adversarial training: a speaker classifier on the features the label classifier
-reads, joined to them through gradient reversal (Ganin & Lempitsky, 2015). The speaker head
-learns to tell the training speakers apart; the reversed gradient teaches the encoder to make
-that impossible, so the features keep what says the label and lose what says the voice. The
-head exists only while training: the saved model is the stock classifier."""
+reads. The head learns to tell the training speakers apart; the encoder learns to leave it
+guessing, its features pushed towards the head's uniform output (the confusion loss of Tzeng
+et al., 2015), so they keep what says the label and lose what says the voice. Not gradient
+reversal (Ganin & Lempitsky, 2015): reversed, the speaker cross-entropy has no upper bound and
+the encoder inflates it without limit (the training loss reached 54,282 on FSDD, at chance).
+The head exists only while training: the saved model is the stock classifier."""
 
 from __future__ import annotations
 
@@ -12,21 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-class GradientReversal(torch.autograd.Function):
-    """Identity going forward; the gradient times -`weight` going back."""
-
-    @staticmethod
-    def forward(ctx, features: torch.Tensor, weight: float) -> torch.Tensor:
-        ctx.weight = weight
-        return features.view_as(features)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.weight * grad, None
-
-
 def ramp(progress: float) -> float:
-    """The reversal's strength over training, 0 -> 1 (Ganin & Lempitsky's schedule): the
+    """The confusion loss's strength over training, 0 -> 1 (Ganin & Lempitsky's schedule): the
     speaker head first learns to find the speaker before the encoder is pushed to hide it."""
     return 2.0 / (1.0 + math.exp(-10.0 * min(max(progress, 0.0), 1.0))) - 1.0
 
@@ -36,13 +25,27 @@ class SpeakerAdversary(torch.nn.Module):
 
     def __init__(self, width: int, speakers: int):
         super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, speakers)
-        )
+        self.hidden = torch.nn.Linear(width, width)
+        self.out = torch.nn.Linear(width, speakers)
+
+    def forward(self, pooled: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Speaker logits; `frozen`: no gradient reaches the head's own weights."""
+
+        def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            if frozen:
+                return F.linear(x, layer.weight.detach(), layer.bias.detach())
+            return layer(x)
+
+        return linear(self.out, F.relu(linear(self.hidden, pooled)))
 
     def loss(self, pooled: torch.Tensor, speakers: torch.Tensor, weight: float) -> torch.Tensor:
-        """Speaker cross-entropy through the reversal (speaker id -100: not counted)."""
-        logits = self.layers(GradientReversal.apply(pooled, weight))
-        if not (speakers != -100).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, speakers, ignore_index=-100)
+        """The head's speaker cross-entropy (it trains the head only) plus `weight` times the
+        confusion loss, the cross-entropy of the head's output to uniform (it trains the
+        features only). Speaker id -100: not counted."""
+        known = speakers != -100
+        if not known.any():
+            return pooled.sum() * 0.0
+        pooled, speakers = pooled[known], speakers[known]
+        finding = F.cross_entropy(self(pooled.detach()), speakers)
+        confusion = -F.log_softmax(self(pooled, frozen=True), dim=-1).mean()
+        return finding + weight * confusion

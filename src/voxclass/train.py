@@ -118,9 +118,10 @@ class TrainConfig(DataConfig):
     they keep what pretraining taught while the layers above adapt."""
     speaker_adversary: float = 0.0
     """Weight of speaker-adversarial training (e.g. 1.0; 0: off). Needs groups that name the
-    speaker (--group-by / --group-pattern): a speaker classifier learns from the pooled features
-    through a reversed gradient, so the encoder learns features that do not tell speakers
-    apart. Single-process training only; the saved model is the stock classifier."""
+    speaker (--group-by / --group-pattern): a speaker classifier learns from the pooled
+    features while the encoder learns to leave it guessing, so the features stop telling the
+    training speakers apart. Single-process training only; the saved model is the stock
+    classifier."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
