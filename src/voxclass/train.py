@@ -122,6 +122,9 @@ class TrainConfig(DataConfig):
     features while the encoder learns to leave it guessing, so the features stop telling the
     training speakers apart. Single-process training only; the saved model is the stock
     classifier."""
+    mixup: float = 0.0
+    """Mixup's Beta(a, a) parameter (e.g. 0.4; 0: off): each training batch is mixed with a
+    shuffled copy of itself, inputs and losses weighted alike."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
@@ -463,15 +466,37 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         return iter([i for b in shuffled for i in batches[b]])
 
 
+def mix(inputs: dict, key: str, alpha: float) -> tuple[float, torch.Tensor | None]:
+    """Mixup (Zhang et al., 2018) of a batch with a shuffled copy of itself, in place: model
+    inputs `key` weighted `share` ~ Beta(alpha, alpha) and 1 - share, attention masks joined.
+    Returns (share, the partner of each row); (1.0, None) when alpha is 0."""
+    if not alpha:
+        return 1.0, None
+    share = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = torch.randperm(len(inputs[key]), device=inputs[key].device)
+    inputs[key] = share * inputs[key] + (1.0 - share) * inputs[key][partner]
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = torch.maximum(
+            inputs["attention_mask"], inputs["attention_mask"][partner]
+        )
+    return share, partner
+
+
 class VoxTrainer(Trainer):
-    """The stock Trainer with the length-grouped sampler above and, given an `adversary`, a
-    speaker-adversarial loss on the input of the model's `classifier` layer (the pooled
-    utterance features of every transformers audio classifier)."""
+    """The stock Trainer with the length-grouped sampler above, optional mixup, and, given an
+    `adversary`, a speaker-adversarial loss on the input of the model's `classifier` layer (the
+    pooled utterance features of every transformers audio classifier)."""
 
     def __init__(
-        self, *args, adversary: SpeakerAdversary | None = None, weight: float = 0.0, **kwargs
+        self,
+        *args,
+        adversary: SpeakerAdversary | None = None,
+        weight: float = 0.0,
+        mixup: float = 0.0,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.mixup = mixup
         self.adversary = adversary.to(self.args.device) if adversary is not None else None
         self.adversary_weight = weight
 
@@ -491,8 +516,10 @@ class VoxTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         speakers = inputs.pop("speakers", None)
-        if self.adversary is None or speakers is None or not model.training:
+        adversarial = self.adversary is not None and speakers is not None
+        if not model.training or not (adversarial or self.mixup):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        share, partner = mix(inputs, self.model.main_input_name, self.mixup)
         pooled = []
         hook = self.model.classifier.register_forward_hook(
             lambda module, args, output: pooled.append(args[0])
@@ -501,10 +528,24 @@ class VoxTrainer(Trainer):
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
             hook.remove()
-        progress = self.state.global_step / max(self.state.max_steps, 1)
-        weight = self.adversary_weight * ramp(progress)
-        loss = loss + self.adversary.loss(pooled[0], speakers.to(pooled[0].device), weight)
+        if share < 1.0:
+            partner_loss = self.label_loss(outputs, inputs["labels"][partner], num_items_in_batch)
+            loss = share * loss + (1.0 - share) * partner_loss
+        if adversarial:
+            progress = self.state.global_step / max(self.state.max_steps, 1)
+            weight = self.adversary_weight * ramp(progress)
+            speakers = speakers.to(pooled[0].device)
+            loss = loss + share * self.adversary.loss(pooled[0], speakers, weight)
+            if share < 1.0:
+                partner_loss = self.adversary.loss(pooled[0], speakers[partner], weight)
+                loss = loss + (1.0 - share) * partner_loss
         return (loss, outputs) if return_outputs else loss
+
+    def label_loss(self, outputs, labels, num_items_in_batch=None):
+        """The loss the model's own would give for these labels (or voxclass's loss function)."""
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(outputs, labels, num_items_in_batch)
+        return F.cross_entropy(outputs.logits, labels)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -773,6 +814,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         callbacks=[*stops, *logs, *callbacks],
         adversary=adversary,
         weight=config.speaker_adversary,
+        mixup=config.mixup,
     )
     trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat EpochLog's lines
     start = time.perf_counter()
