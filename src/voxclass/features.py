@@ -128,8 +128,10 @@ def receptive_field(config: Any) -> int:
 
 
 def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | None = None) -> int:
-    """The shortest wave the model takes: the extractor must give at least one input frame
-    (SeamlessM4T log-mel with stride 4: 720 samples) and a raw-waveform convolutional
+    """The shortest wave the model takes: the extractor must give at least one input frame,
+    and finite ones (SeamlessM4T log-mel with stride 4: 720 samples; it normalizes each mel
+    bin over the clip's frames with ddof=1, so one mel frame gives NaN, which at stride 2
+    takes 560 samples), and a raw-waveform convolutional
     encoder (given its `config`) its receptive field. Every shorter clip is padded to this
     length with silence by `extract_one`, in training and inference alike: the rule lives
     here so the two cannot disagree."""
@@ -141,7 +143,8 @@ def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | No
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                return len(extract_one(extractor, np.zeros(length, np.float32), rate)) > 0
+                features = extract_one(extractor, np.zeros(length, np.float32), rate)
+                return len(features) > 0 and bool(np.isfinite(features).all())
         except (ValueError, RuntimeError, IndexError):
             return False
 
