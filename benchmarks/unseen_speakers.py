@@ -120,7 +120,6 @@ VARIANTS: dict[str, Variant] = {
     ),
     "deep": Variant(model={"num_hidden_layers": 5}),
     "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
-    "adversary03": Variant(train={"group_by": "speaker", "speaker_adversary": 0.3}),
     "mixup": Variant(train={"mixup": 0.4}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
 }
