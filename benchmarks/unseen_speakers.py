@@ -119,6 +119,8 @@ VARIANTS: dict[str, Variant] = {
         }
     ),
     "deep": Variant(model={"num_hidden_layers": 5}),
+    "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
+    "mixup": Variant(train={"mixup": 0.4}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
 }
 
@@ -183,12 +185,15 @@ def clips(data: Path, takes: int | None) -> list[dict]:
 
 
 def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
-    """A CSV manifest (path, label, split) of the given clips."""
+    """A CSV manifest (path, label, split, speaker) of the given clips."""
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "label", "split"])
+        writer = csv.DictWriter(f, ["path", "label", "split", "speaker"])
         writer.writeheader()
         for split, rows in splits.items():
-            writer.writerows({"path": r["path"], "label": r["label"], "split": split} for r in rows)
+            writer.writerows(
+                {"path": r["path"], "label": r["label"], "split": split, "speaker": r["speaker"]}
+                for r in rows
+            )
 
 
 def fold_splits(rows: list[dict], held_out: str) -> dict[str, list[dict]]:
@@ -262,7 +267,7 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     by_split: dict[str, list[dict]] = {}
     with open(out / "metadata.csv", newline="") as f:
         for r in csv.DictReader(f):
-            row = {"path": str(out / r["file_name"]), "label": r["label"]}
+            row = {"path": str(out / r["file_name"]), "label": r["label"], "speaker": r["voice"]}
             by_split.setdefault(r["split"], []).append(row)
     return by_split
 

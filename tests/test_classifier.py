@@ -121,22 +121,25 @@ def test_predict_given_a_list_says_to_use_predict_batch(trained_tone_model):
         clf.predict_batch("a.wav")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-wav2vec2"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-fine", "tiny-wav2vec2"])
 def test_clips_shorter_than_the_model_input_are_padded_with_silence(preset, tmp_path):
     model, extractor = build_model(preset, ["a", "b"])
     model.eval().save_pretrained(tmp_path)
     extractor.save_pretrained(tmp_path)
     clf = Classifier.load(tmp_path)
-    # tiny: SeamlessM4T's first stacked log-mel frame; wav2vec2: its conv receptive field.
-    assert clf.min_samples == {"tiny": 720, "tiny-wav2vec2": 400}[preset]
+    # tiny: SeamlessM4T's first stacked log-mel frame; tiny-fine: two mel frames, since one
+    # is normalized to NaN; wav2vec2: its conv receptive field.
+    assert clf.min_samples == {"tiny": 720, "tiny-fine": 560, "tiny-wav2vec2": 400}[preset]
     extract = clf.extractor.model_input_names[0]
     too_short = clf.extractor(np.zeros(clf.min_samples - 1), sampling_rate=clf.sampling_rate)
     assert preset != "tiny" or len(too_short[extract][0]) == 0
     rng = np.random.default_rng(0)
     click = 0.1 * rng.standard_normal(7).astype(np.float32)
     padded = np.pad(click, (0, clf.min_samples - 7))
-    for wave in (np.ones(1, np.float32), click):
-        assert np.isfinite(clf.probabilities([wave])).all()
+    lengths = range(1, clf.min_samples + 400, 13)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in lengths]
+    for wave in (np.ones(1, np.float32), click, *waves):
+        assert np.isfinite(clf.probabilities([wave])).all(), len(wave)
     np.testing.assert_allclose(clf.probabilities([click]), clf.probabilities([padded]), atol=1e-6)
 
 

@@ -22,6 +22,7 @@ from conftest import (
     write_tone_folder,
     write_tone_mix_manifest,
 )
+from safetensors.torch import load_file
 from transformers import pipeline
 
 from voxclass.config import ConfigError, build_config, parse_overrides, recover_interrupted_write
@@ -803,3 +804,47 @@ def test_the_time_budget_stops_training_and_still_writes_a_complete_output(tmp_p
     assert not Path(f"{out}.work").exists()
     classify = pipeline("audio-classification", model=str(out))
     assert len(classify({"raw": burst(300.0, 1.0, 8000), "sampling_rate": 8000})) == 3
+
+
+def test_mixup_mixes_each_row_with_its_partner_by_one_share_and_joins_the_masks():
+    from voxclass.train import mix
+
+    torch.manual_seed(0)
+    features = torch.randn(4, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    inputs = {"input_features": features.clone(), "attention_mask": mask.clone()}
+    share, partner = mix(inputs, "input_features", 0.4)
+    assert 0.0 < share < 1.0 and sorted(partner.tolist()) == [0, 1, 2, 3]
+    expected = share * features + (1 - share) * features[partner]
+    assert torch.allclose(inputs["input_features"], expected)
+    assert torch.equal(inputs["attention_mask"], torch.maximum(mask, mask[partner]))
+    untouched = {"input_features": features.clone()}
+    assert mix(untouched, "input_features", 0.0) == (1.0, None)
+    assert torch.equal(untouched["input_features"], features)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_mixup_trains_single_and_multi_label_models_and_saves_stock_ones(tmp_path, multi_label):
+    if multi_label:
+        source = write_tone_mix_manifest(tmp_path / "data")
+    else:
+        source = write_tone_folder(tmp_path / "data", per_class=6, splits=True)
+
+    def run(name: str, mixup: float) -> dict:
+        out = train(
+            TrainConfig(
+                source=str(source),
+                model="tiny",
+                output=str(tmp_path / name),
+                max_steps=6,
+                batch_size=4,
+                augment_copies=1,
+                early_stopping=0,
+                mixup=mixup,
+            )
+        )
+        assert np.isfinite(json.loads((out / "metrics.json").read_text())["train"]["train_loss"])
+        return load_file(out / "model.safetensors")
+
+    plain, mixed = run("plain", 0.0), run("mixed", 0.4)
+    assert plain.keys() == mixed.keys()  # the stock model, nothing of mixup's in it

@@ -128,8 +128,10 @@ def receptive_field(config: Any) -> int:
 
 
 def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | None = None) -> int:
-    """The shortest wave the model takes: the extractor must give at least one input frame
-    (SeamlessM4T log-mel with stride 4: 720 samples) and a raw-waveform convolutional
+    """The shortest wave the model takes: the extractor must give at least one input frame,
+    and finite ones (SeamlessM4T log-mel with stride 4: 720 samples; it normalizes each mel
+    bin over the clip's frames with ddof=1, so one mel frame gives NaN, which at stride 2
+    takes 560 samples), and a raw-waveform convolutional
     encoder (given its `config`) its receptive field. Every shorter clip is padded to this
     length with silence by `extract_one`, in training and inference alike: the rule lives
     here so the two cannot disagree."""
@@ -141,7 +143,8 @@ def min_samples(extractor: Callable, config: Any = None, sampling_rate: int | No
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                return len(extract_one(extractor, np.zeros(length, np.float32), rate)) > 0
+                features = extract_one(extractor, np.zeros(length, np.float32), rate)
+                return len(features) > 0 and bool(np.isfinite(features).all())
         except (ValueError, RuntimeError, IndexError):
             return False
 
@@ -245,6 +248,9 @@ class PadCollator:
     num_labels: int | None = None
     """Multi-label: each example's label is a list of label ids, sent as a float multi-hot row
     of this width (what BCE-with-logits takes). None: one label id per example."""
+    speakers: dict[str, int] | None = None
+    """Speaker-adversarial training: each example's `group` as a speaker id in `speakers`
+    (-100 for a group not in it), sent as `speakers`. None: no speaker ids."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         import torch
@@ -257,4 +263,7 @@ class PadCollator:
             for row, example in enumerate(examples):
                 hot[row, [int(i) for i in example["label"]]] = 1.0
             batch["labels"] = hot
+        if self.speakers is not None:
+            ids = [self.speakers.get(e.get("group"), -100) for e in examples]
+            batch["speakers"] = torch.tensor(ids)
         return batch

@@ -38,6 +38,7 @@ from transformers import (
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from .adversary import SpeakerAdversary, ramp
 from .config import (
     ConfigError,
     publish_folder,
@@ -115,6 +116,15 @@ class TrainConfig(DataConfig):
     freeze_layers: int = 0
     """Freeze the feature projection and the lowest N encoder layers of a pretrained model:
     they keep what pretraining taught while the layers above adapt."""
+    speaker_adversary: float = 0.0
+    """Weight of speaker-adversarial training (e.g. 1.0; 0: off). Needs groups that name the
+    speaker (--group-by / --group-pattern): a speaker classifier learns from the pooled
+    features while the encoder learns to leave it guessing, so the features stop telling the
+    training speakers apart. Single-process training only; the saved model is the stock
+    classifier."""
+    mixup: float = 0.0
+    """Mixup's Beta(a, a) parameter (e.g. 0.4; 0: off): each training batch is mixed with a
+    shuffled copy of itself, inputs and losses weighted alike."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
@@ -456,8 +466,86 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         return iter([i for b in shuffled for i in batches[b]])
 
 
+def mix(inputs: dict, key: str, alpha: float) -> tuple[float, torch.Tensor | None]:
+    """Mixup (Zhang et al., 2018) of a batch with a shuffled copy of itself, in place: model
+    inputs `key` weighted `share` ~ Beta(alpha, alpha) and 1 - share, attention masks joined.
+    Returns (share, the partner of each row); (1.0, None) when alpha is 0."""
+    if not alpha:
+        return 1.0, None
+    share = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = torch.randperm(len(inputs[key]), device=inputs[key].device)
+    inputs[key] = share * inputs[key] + (1.0 - share) * inputs[key][partner]
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = torch.maximum(
+            inputs["attention_mask"], inputs["attention_mask"][partner]
+        )
+    return share, partner
+
+
 class VoxTrainer(Trainer):
-    """The stock Trainer with the length-grouped sampler above."""
+    """The stock Trainer with the length-grouped sampler above, optional mixup, and, given an
+    `adversary`, a speaker-adversarial loss on the input of the model's `classifier` layer (the
+    pooled utterance features of every transformers audio classifier)."""
+
+    def __init__(
+        self,
+        *args,
+        adversary: SpeakerAdversary | None = None,
+        weight: float = 0.0,
+        mixup: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.mixup = mixup
+        self.adversary = adversary.to(self.args.device) if adversary is not None else None
+        self.adversary_weight = weight
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.adversary is not None and not any(
+            g.get("adversary") for g in optimizer.param_groups
+        ):
+            optimizer.add_param_group(
+                {
+                    "params": list(self.adversary.parameters()),
+                    "weight_decay": 0.0,
+                    "adversary": True,
+                }
+            )
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        speakers = inputs.pop("speakers", None)
+        adversarial = self.adversary is not None and speakers is not None
+        if not model.training or not (adversarial or self.mixup):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        share, partner = mix(inputs, self.model.main_input_name, self.mixup)
+        pooled = []
+        hook = self.model.classifier.register_forward_hook(
+            lambda module, args, output: pooled.append(args[0])
+        )
+        try:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        finally:
+            hook.remove()
+        if share < 1.0:
+            partner_loss = self.label_loss(outputs, inputs["labels"][partner], num_items_in_batch)
+            loss = share * loss + (1.0 - share) * partner_loss
+        if adversarial:
+            progress = self.state.global_step / max(self.state.max_steps, 1)
+            weight = self.adversary_weight * ramp(progress)
+            speakers = speakers.to(pooled[0].device)
+            loss = loss + share * self.adversary.loss(pooled[0], speakers, weight)
+            if share < 1.0:
+                partner_loss = self.adversary.loss(pooled[0], speakers[partner], weight)
+                loss = loss + (1.0 - share) * partner_loss
+        return (loss, outputs) if return_outputs else loss
+
+    def label_loss(self, outputs, labels, num_items_in_batch=None):
+        """The loss the model's own would give for these labels (or voxclass's loss function)."""
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(outputs, labels, num_items_in_batch)
+        return F.cross_entropy(outputs.logits, labels)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -491,6 +579,39 @@ class PatientEarlyStopping(EarlyStoppingCallback):
         }
         saved["attributes"]["best"] = self.best
         return saved
+
+
+def speaker_adversary(
+    config: TrainConfig, train_split: Dataset, model: Any
+) -> tuple[SpeakerAdversary | None, dict[str, int] | None]:
+    """The speaker head and the training speakers' ids for --speaker-adversary (None, None
+    when it is off); an impossible setting is a ConfigError before any audio is decoded."""
+    if not config.speaker_adversary:
+        return None, None
+    if "group" not in train_split.column_names:
+        raise ConfigError(
+            "--speaker-adversary needs to know each clip's speaker: add --group-by COLUMN or "
+            "--group-pattern REGEX"
+        )
+    speakers = sorted(set(train_split["group"]))
+    if len(speakers) < 2:
+        raise ConfigError(
+            f"--speaker-adversary needs at least 2 speakers in the training split; it has "
+            f"{len(speakers)}"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--speaker-adversary trains in one process only: run without torchrun")
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, torch.nn.Linear):
+        raise ConfigError(
+            f"--speaker-adversary needs a model whose `classifier` is one linear layer over "
+            f"pooled features (the presets, wav2vec2, HuBERT, WavLM, Whisper); "
+            f"{config.model}'s is {type(classifier).__name__}"
+        )
+    with torch.random.fork_rng(devices=[]):  # the rest of training draws what it would without
+        torch.manual_seed(config.seed)
+        head = SpeakerAdversary(classifier.in_features, len(speakers))
+    return head, {speaker: i for i, speaker in enumerate(speakers)}
 
 
 def early_stopping_start(config: TrainConfig, num_labels: int, multi_label: bool) -> float:
@@ -636,6 +757,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     overrides = {"problem_type": "multi_label_classification"} if multi else {}
     model, extractor = build_model(config.model, labels, **overrides)
     small_pretrained = made_by_pretrain(model.config)
+    adversary, speakers = speaker_adversary(config, dd["train"], model)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
@@ -679,7 +801,10 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         model=model,
         args=args,
         data_collator=PadCollator(
-            extractor, min_input_length(model), num_labels=len(labels) if multi else None
+            extractor,
+            min_input_length(model),
+            num_labels=len(labels) if multi else None,
+            speakers=speakers,
         ),
         train_dataset=train_set,
         eval_dataset=eval_set,
@@ -687,6 +812,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         compute_metrics=trainer_metrics,
         compute_loss_func=compute_loss,
         callbacks=[*stops, *logs, *callbacks],
+        adversary=adversary,
+        weight=config.speaker_adversary,
+        mixup=config.mixup,
     )
     trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat EpochLog's lines
     start = time.perf_counter()
@@ -709,6 +837,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
             "train_clips": len(decoded["train"]),
             "real_train_clips": real_train_clips,
             "synthetic_train_clips": len(decoded["train"]) - real_train_clips,
+            "adversary_speakers": len(speakers or {}),
             "test_clips": len(test_set),
         },
         "epochs": epochs,
