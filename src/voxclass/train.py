@@ -520,6 +520,7 @@ class VoxTrainer(Trainer):
         if not model.training or not (adversarial or self.mixup):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         share, partner = mix(inputs, self.model.main_input_name, self.mixup)
+        labels = inputs["labels"]  # the Trainer pops them when it has a compute_loss_func
         pooled = []
         hook = self.model.classifier.register_forward_hook(
             lambda module, args, output: pooled.append(args[0])
@@ -529,7 +530,7 @@ class VoxTrainer(Trainer):
         finally:
             hook.remove()
         if share < 1.0:
-            partner_loss = self.label_loss(outputs, inputs["labels"][partner], num_items_in_batch)
+            partner_loss = self.label_loss(outputs, labels[partner], num_items_in_batch)
             loss = share * loss + (1.0 - share) * partner_loss
         if adversarial:
             progress = self.state.global_step / max(self.state.max_steps, 1)
