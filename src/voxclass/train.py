@@ -521,14 +521,19 @@ class VoxTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         share, partner = mix(inputs, self.model.main_input_name, self.mixup)
         labels = inputs["labels"]  # the Trainer pops them when it has a compute_loss_func
-        pooled = []
-        hook = self.model.classifier.register_forward_hook(
-            lambda module, args, output: pooled.append(args[0])
+        pooled = []  # the classifier's input, the pooled features the speaker head reads
+        hook = (
+            self.model.classifier.register_forward_hook(
+                lambda module, args, output: pooled.append(args[0])
+            )
+            if adversarial
+            else None
         )
         try:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
-            hook.remove()
+            if hook is not None:
+                hook.remove()
         if share < 1.0:
             partner_loss = self.label_loss(outputs, labels[partner], num_items_in_batch)
             loss = share * loss + (1.0 - share) * partner_loss
