@@ -10,6 +10,7 @@ call, on the first `--latency-clips` clips. Agreement is top-1 agreement with vo
     python benchmarks/inference.py --model demo/model --rounds 3     # the README's demo table
     python benchmarks/inference.py --model-size base --rounds 2       # the README's base table
     python benchmarks/inference.py --model DIR --calibrate DATA  # + a static int8 row
+    python benchmarks/inference.py --model-size base --save-fresh DIR  # to train, then --model
 
 `--calibrate DATA` (a folder or manifest of clips) adds static int8 calibrated on DATA
 (`voxclass export --int8 --calibrate DATA`) beside the default dynamic int8.
@@ -116,7 +117,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clips")
     parser.add_argument("--quick", action="store_true", help="12 clips, 1 round (seconds)")
     parser.add_argument("--calibrate", type=Path, help="clips for a static int8 row")
+    parser.add_argument(
+        "--save-fresh",
+        type=Path,
+        help="write the fresh --model-size model (random weights, seed 0) here and stop: "
+        "a starting point for `voxclass train --model DIR`",
+    )
     args = parser.parse_args()
+    if args.save_fresh:
+        if args.save_fresh.exists():
+            raise SystemExit(f"--save-fresh {args.save_fresh}: exists; give a new folder")
+        fresh_model(args.model_size, args.save_fresh)
+        print(f"fresh {args.model_size} model (random weights, seed 0) in {args.save_fresh}")
+        return
     if args.quick:
         args.clips, args.latency_clips, args.rounds = 12, 4, 1
 
