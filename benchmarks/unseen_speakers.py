@@ -34,6 +34,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +126,62 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+@functools.cache
+def mel_extractor(rate: int):
+    from transformers import SeamlessM4TFeatureExtractor
+
+    return SeamlessM4TFeatureExtractor(
+        sampling_rate=rate, num_mel_bins=40, feature_size=40, stride=1
+    )
+
+
+def mfcc_features(path: str, rate: int = 8000) -> np.ndarray:
+    """One fixed-size vector per clip: 13 MFCCs (log-mel of the `tiny` presets' extractor,
+    unnormalized, then a DCT without c0) with their deltas, mean-normalized over the clip
+    (cepstral mean normalization removes a fixed channel), resampled to 16 frames."""
+    from scipy.fft import dct
+    from scipy.signal import resample
+
+    wave = load_audio(path, rate)
+    wave = np.pad(wave, (0, max(0, 600 - len(wave))))  # at least 2 frames for the deltas
+    mel = mel_extractor(rate)(wave, sampling_rate=rate, do_normalize_per_mel_bins=False)
+    cepstra = dct(np.asarray(mel["input_features"][0]), type=2, axis=1, norm="ortho")[:, 1:14]
+    cepstra -= cepstra.mean(axis=0)
+    deltas = np.diff(cepstra, axis=0, prepend=cepstra[:1])
+    return resample(np.concatenate([cepstra, deltas], axis=1), 16, axis=0).ravel()
+
+
+def mfcc_svm(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+    """The `mfcc_svm` reference row: no network, no augmentation, an RBF support vector
+    machine on `mfcc_features` of the training and validation clips. It says what a classical
+    speech recipe reaches on the same folds."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    start = time.perf_counter()
+    known = splits["train"] + splits["validation"]
+    svm = make_pipeline(StandardScaler(), SVC(C=10.0))
+    svm.fit([mfcc_features(r["path"]) for r in known], [r["label"] for r in known])
+    accuracy = {}
+    for name, rows in tests.items():
+        predicted = svm.predict([mfcc_features(r["path"]) for r in rows])
+        accuracy[name] = float(np.mean(predicted == np.array([r["label"] for r in rows])))
+    return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
+
+
+REFERENCES = {"mfcc_svm": mfcc_svm}
+"""Rows that are not a voxclass recipe, for scale: `--variants baseline,mfcc_svm`."""
+
+
 def variant_named(name: str) -> Variant:
+    if name in REFERENCES:
+        return Variant()
     parts = name.split("+")
     unknown = [p for p in parts if p not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        known = ", ".join([*VARIANTS, *REFERENCES])
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {known}")
     return functools.reduce(lambda a, b: a + b, (VARIANTS[p] for p in parts))
 
 
@@ -349,7 +401,9 @@ def table(title: str, results: dict[str, dict[str, float]], seconds: dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="baseline", help=f"of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="baseline", help=f"of: {', '.join([*VARIANTS, *REFERENCES])}"
+    )
     parser.add_argument("--folds", help="held-out speakers (default: all four)")
     parser.add_argument("--check", default="speakers", help="of: " + ", ".join(CHECKS))
     parser.add_argument(
@@ -395,9 +449,13 @@ def main() -> None:
         for check, name, label, splits, tests in runs:
             work = Path(tmp) / re.sub(r"\W", "_", f"{check}-{name}-{label}")
             work.mkdir()
-            r = train_and_test(
-                args.preset, variants[name], splits, tests, work, args.epochs, args.lock
-            )
+            if name in REFERENCES:
+                with locked(args.lock):
+                    r = REFERENCES[name](splits, tests)
+            else:
+                r = train_and_test(
+                    args.preset, variants[name], splits, tests, work, args.epochs, args.lock
+                )
             results[check].setdefault(name, {}).update(r["accuracy"])
             seconds[check][name] = seconds[check].get(name, 0) + r["seconds"]
             found = ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())

@@ -48,3 +48,14 @@ def test_variants_combine_and_unknown_names_are_refused():
     assert combined.train == {"early_stopping": 0}
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.variant_named("stride2+nosuch")
+
+
+def test_the_mfcc_svm_reference_row_learns_the_digits_of_the_speakers_it_was_given(fsdd):
+    """The classical reference must be a working classifier, or its row says nothing: on the
+    training speakers' own clips it is near perfect, and the held-out figure is a fraction."""
+    bench = load_benchmark()
+    splits = bench.fold_splits(bench.clips(fsdd, takes=5), "theo")
+    result = bench.mfcc_svm(splits, {"seen": splits["train"], "theo": splits["test"]})
+    assert result["accuracy"]["seen"] >= 0.95
+    assert 0.0 <= result["accuracy"]["theo"] <= 1.0
+    assert bench.variant_named("mfcc_svm") == bench.Variant()
