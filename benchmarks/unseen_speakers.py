@@ -122,6 +122,7 @@ VARIANTS: dict[str, Variant] = {
     "deep": Variant(model={"num_hidden_layers": 5}),
     "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
     "mixup": Variant(train={"mixup": 0.4}),
+    "average5": Variant(train={"average_best": 5}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
 }
 

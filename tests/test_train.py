@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,9 +30,11 @@ from voxclass.config import ConfigError, build_config, parse_overrides, recover_
 from voxclass.model import ModelError, build_model
 from voxclass.train import (
     OUTPUT_MARKERS,
+    BestWeights,
     PatientEarlyStopping,
     TrainConfig,
     augmentation,
+    average_weights,
     class_weighted_loss,
     early_stopping_start,
     freeze_pretrained_encoder,
@@ -463,6 +466,81 @@ def test_early_stopping_stops_patience_evaluations_after_the_best(reference_run)
     assert expected_stop == len(evals) - 1, evals  # stopped at that evaluation, not later
     steps_per_epoch = 18 // 4 + 1  # 18 training clips in batches of 4
     assert reference_run["steps"][-1][0] == evals[-1][0] < 10 * steps_per_epoch
+
+
+def test_best_weights_keeps_copies_of_the_best_evaluations_only():
+    args = SimpleNamespace(metric_for_best_model="macro_f1", greater_is_better=True)
+    model = torch.nn.Linear(2, 1)
+    best = BestWeights(2)
+    for step, score in enumerate([0.2, 0.5, 0.5, 0.1, 0.7], start=1):
+        with torch.no_grad():
+            model.weight.fill_(step)  # the copy must be of the weights at that evaluation
+        best.on_evaluate(
+            args, SimpleNamespace(global_step=step), None, {"eval_macro_f1": score}, model
+        )
+    assert [(score, step) for score, step, _ in best.kept] == [(0.7, 5), (0.5, 2)]  # ties: first
+    assert [w["weight"][0, 0].item() for _, _, w in best.kept] == [5.0, 2.0]
+    lower = SimpleNamespace(metric_for_best_model="loss", greater_is_better=False)
+    best = BestWeights(1)
+    for step, loss in enumerate([0.9, 0.3, 0.6], start=1):
+        best.on_evaluate(lower, SimpleNamespace(global_step=step), None, {"eval_loss": loss}, model)
+    assert [step for _, step, _ in best.kept] == [2]
+
+
+def test_average_weights_means_floats_and_keeps_counters():
+    states = [
+        {
+            "w": torch.tensor([1.0, 2.0]),
+            "h": torch.tensor([2.0], dtype=torch.bfloat16),
+            "n": torch.tensor(3),
+        },
+        {
+            "w": torch.tensor([3.0, 6.0]),
+            "h": torch.tensor([4.0], dtype=torch.bfloat16),
+            "n": torch.tensor(7),
+        },
+    ]
+    mean = average_weights(states)
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0]))
+    assert mean["h"].dtype == torch.bfloat16 and mean["h"].item() == 3.0
+    assert mean["n"].item() == 3
+
+
+@pytest.mark.slow
+def test_average_best_saves_the_mean_of_the_best_epochs_only_if_validation_agrees(tmp_path):
+    data = write_degrading_tone_folder(tmp_path / "data")
+    (tmp_path / "snapshots").mkdir()
+    config = {
+        "source": str(data),
+        "model": "tiny",
+        "epochs": 4,
+        "batch_size": 4,
+        "augment_copies": 1,
+        "early_stopping": 0,
+        "average_best": 2,
+        "output": str(tmp_path / "model"),
+    }
+    code, _ = _drive(tmp_path, "average", config, snapshots=str(tmp_path / "snapshots"))
+    assert code == 0
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    evals = [(e["step"], e["eval_macro_f1"]) for e in metrics["epochs"] if "eval_macro_f1" in e]
+    ranked = sorted(evals, key=lambda e: -e[1])  # stable: the earlier of equal scores first
+    average = metrics["checkpoint_average"]
+    assert average["evaluations"] == 2 and average["steps"] == sorted(s for s, _ in ranked[:2])
+    assert average["best_single_macro_f1"] == ranked[0][1]
+    assert average["used"] == (average["macro_f1"] >= average["best_single_macro_f1"])
+    snapshots = [load_file(tmp_path / "snapshots" / f"{s}.safetensors") for s, _ in ranked[:2]]
+    expected = average_weights(snapshots) if average["used"] else snapshots[0]
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.allclose(saved[k], expected[k]) for k in saved)
+    assert average["used"] == (
+        "average of the 2 best" in (tmp_path / "model" / "README.md").read_text()
+    )
+
+
+def test_average_best_of_one_is_refused_before_any_data(tmp_path):
+    with pytest.raises(ConfigError, match="--average-best 1"):
+        train(TrainConfig(source=str(tmp_path / "none"), average_best=1))
 
 
 def test_early_stopping_waits_until_validation_leaves_chance():

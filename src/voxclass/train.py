@@ -125,6 +125,12 @@ class TrainConfig(DataConfig):
     mixup: float = 0.0
     """Mixup's Beta(a, a) parameter (e.g. 0.4; 0: off): each training batch is mixed with a
     shuffled copy of itself, inputs and losses weighted alike."""
+    average_best: int = 0
+    """Average the weights of the N best evaluations (by validation macro-F1) when training
+    ends, as speech recipes do (ESPnet averages its 10 best epochs): one model with part of an
+    ensemble's gain. The average is kept only if it scores at least as well as the best single
+    evaluation on the validation split; metrics.json records both. 0: off. Holds N copies of
+    the weights in memory; after --resume only the evaluations since resuming count."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
@@ -642,6 +648,69 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class BestWeights(TrainerCallback):
+    """A CPU copy of the model's weights at each of the `count` best evaluations so far (by
+    the Trainer's `metric_for_best_model`), for `--average-best`."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.kept: list[tuple[float, int, dict[str, torch.Tensor]]] = []  # (score, step, weights)
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        score = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
+        if score is None or model is None:
+            return
+        sign = 1 if args.greater_is_better else -1
+        if len(self.kept) == self.count and sign * score <= sign * self.kept[-1][0]:
+            return  # no better than the worst kept: skip the copy
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.kept.append((score, state.global_step, weights))
+        self.kept.sort(key=lambda kept: -sign * kept[0])  # best first; ties: earliest first
+        del self.kept[self.count :]
+
+
+def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of each floating-point tensor (computed in float32); any other
+    tensor (a counter) is taken from the first state."""
+    return {
+        name: torch.stack([s[name].float() for s in states]).mean(0).to(first.dtype)
+        if first.is_floating_point()
+        else first
+        for name, first in states[0].items()
+    }
+
+
+def keep_average_if_better(trainer: Trainer, best: BestWeights, eval_set: Dataset) -> dict:
+    """Load the average of the kept weights into the trained model if it scores at least as
+    well as the model the Trainer ended with (its best) on `eval_set`; what was compared."""
+    trainer.remove_callback(best)
+    if len(best.kept) < 2:
+        return {"evaluations": len(best.kept), "used": False}
+    metric, sign = trainer.args.metric_for_best_model, 1 if trainer.args.greater_is_better else -1
+    # predict, not evaluate: it scores without logging or telling the callbacks (early
+    # stopping, the epoch log) about an evaluation that is not one of training's.
+    single = trainer.predict(eval_set, metric_key_prefix="single").metrics[f"single_{metric}"]
+    ended_with = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(average_weights([weights for _, _, weights in best.kept]))
+    averaged = trainer.predict(eval_set, metric_key_prefix="average").metrics[f"average_{metric}"]
+    used = sign * averaged >= sign * single
+    if not used:
+        trainer.model.load_state_dict(ended_with)
+    print(
+        f"average of the {len(best.kept)} best evaluations: {metric} {averaged:.4f} against "
+        f"{single:.4f} for the best one: {'kept' if used else 'not kept'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {
+        "evaluations": len(best.kept),
+        "steps": sorted(step for _, step, _ in best.kept),
+        metric: averaged,
+        f"best_single_{metric}": single,
+        "used": bool(used),
+    }
+
+
 class EpochLog(TrainerCallback):
     """One line per evaluation on stderr (epoch, training loss, the evaluated split's metrics),
     then one for the best model on the test split: what a log file or CI gets instead of
@@ -740,6 +809,10 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     budget). Before any data is decoded, OUTPUT and OUTPUT.work are checked (see
     `check_output`): nothing voxclass did not write is ever replaced or removed."""
     set_seed(config.seed)
+    if config.average_best < 0 or config.average_best == 1:
+        raise ConfigError(
+            f"--average-best {config.average_best}: give 2 or more evaluations to average (0: off)"
+        )
     from_scratch = config.model in PRESETS
     if is_main_process():
         recover_interrupted_write(Path(config.output))
@@ -803,6 +876,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     if config.time_budget_minutes:
         stops.append(TimeBudget(config.time_budget_minutes))
     logs = [EpochLog(selected_on)] if args.disable_tqdm else []
+    best_weights = [BestWeights(config.average_best)] if config.average_best else []
     trainer = VoxTrainer(
         model=model,
         args=args,
@@ -817,7 +891,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         processing_class=extractor,
         compute_metrics=trainer_metrics,
         compute_loss_func=compute_loss,
-        callbacks=[*stops, *logs, *callbacks],
+        callbacks=[*stops, *logs, *best_weights, *callbacks],
         adversary=adversary,
         weight=config.speaker_adversary,
         mixup=config.mixup,
@@ -832,6 +906,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     seconds = time.perf_counter() - start
     # Per-epoch history before the final evaluation of the best model, which would repeat it.
     epochs = [h for h in trainer.state.log_history if "eval_macro_f1" in h or "loss" in h]
+    average = keep_average_if_better(trainer, *best_weights, eval_set) if best_weights else None
     final = trainer.evaluate(test_set)
     if not trainer.is_world_process_zero():
         return Path(config.output)
@@ -848,6 +923,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         },
         "epochs": epochs,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "checkpoint_average": average,
         "selected_on": selected_on,
         "labels": labels,
         "max_seconds": max_seconds,
@@ -926,6 +1002,14 @@ def model_card(config: TrainConfig, metrics: dict) -> str:
         if config.multi_label
         else ""
     )
+    average = metrics.get("checkpoint_average") or {}
+    weights = (
+        f"\n- **Weights:** the average of the {average['evaluations']} best evaluations "
+        f"(steps {', '.join(map(str, average['steps']))}; validation macro-F1 "
+        f"{average['macro_f1']:.4f} against {average['best_single_macro_f1']:.4f} for the best)"
+        if average.get("used")
+        else ""
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -942,7 +1026,8 @@ Audio classifier trained with [voxclass](https://pypi.org/project/voxclass/) fro
 - **Clips:** {clips["train_clips"]} train ({clips["real_train_clips"]} real, \
 {clips["synthetic_train_clips"]} synthetic), {clips["test_clips"]} test
 - **Max clip duration:** {metrics["max_seconds"]} s (longer audio: classify in windows)
-- **Training time:** {metrics["train"]["wall_seconds"]:.0f} s on {metrics["world_size"]} process(es)
+- **Training time:** {metrics["train"]["wall_seconds"]:.0f} s on \
+{metrics["world_size"]} process(es){weights}
 
 ## Use
 
