@@ -527,8 +527,8 @@ def test_average_best_saves_the_mean_of_the_best_epochs_only_if_validation_agree
     ranked = sorted(evals, key=lambda e: -e[1])  # stable: the earlier of equal scores first
     average = metrics["checkpoint_average"]
     assert average["evaluations"] == 2 and average["steps"] == sorted(s for s, _ in ranked[:2])
-    assert average["best_single_macro_f1"] == ranked[0][1]
-    assert average["used"] == (average["macro_f1"] >= average["best_single_macro_f1"])
+    assert average["best_single"] == ranked[0][1]
+    assert average["used"] == (average["average"] >= average["best_single"])
     snapshots = [load_file(tmp_path / "snapshots" / f"{s}.safetensors") for s, _ in ranked[:2]]
     expected = average_weights(snapshots) if average["used"] else snapshots[0]
     saved = load_file(tmp_path / "model" / "model.safetensors")

@@ -705,8 +705,9 @@ def keep_average_if_better(trainer: Trainer, best: BestWeights, eval_set: Datase
     return {
         "evaluations": len(best.kept),
         "steps": sorted(step for _, step, _ in best.kept),
-        metric: averaged,
-        f"best_single_{metric}": single,
+        "metric": metric,
+        "average": averaged,
+        "best_single": single,
         "used": bool(used),
     }
 
@@ -1005,8 +1006,8 @@ def model_card(config: TrainConfig, metrics: dict) -> str:
     average = metrics.get("checkpoint_average") or {}
     weights = (
         f"\n- **Weights:** the average of the {average['evaluations']} best evaluations "
-        f"(steps {', '.join(map(str, average['steps']))}; validation macro-F1 "
-        f"{average['macro_f1']:.4f} against {average['best_single_macro_f1']:.4f} for the best)"
+        f"(steps {', '.join(map(str, average['steps']))}; validation {average['metric']} "
+        f"{average['average']:.4f} against {average['best_single']:.4f} for the best)"
         if average.get("used")
         else ""
     )
