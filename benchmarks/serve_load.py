@@ -1,7 +1,9 @@
 """Load check for `voxclass serve`: what the server adds to the model's own cost.
 
-Starts `voxclass serve` in a subprocess on a free 127.0.0.1 port. In this process, with the
-server idle, it first times the model itself on the same clip: a bare `Classifier.predict`
+Starts `voxclass serve` in a subprocess on a free 127.0.0.1 port, twice: with the model in the
+server's process (`--model-process false`) and in a process of its own (the default), so both
+are measured against the same reference in one run. In this process, with no server running,
+it first times the model itself on the same clip: a bare `Classifier.predict`
 (median) and `Classifier.predict_batch` on `--clients` copies at batch `--clients` (clips/s).
 Then two loads, each request a multipart upload of the clip to /v1/classify:
 - one client sending `--requests` requests one after another: its p50 against the bare
@@ -15,7 +17,8 @@ generators such as wrk do), so the clients take next to no CPU from the cores th
 on; an HTTP library client took about 1 ms of CPU a request here, a third of the tiny model's
 forward. The throughput reference is `predict_batch` on the server's threads and on all cores,
 whichever is faster. Prints errors, latencies, throughput, the ratios, and the CPU time per
-request of the server and of the clients (from /proc, so Linux only).
+request of the server (its model process included) and of the clients (from /proc, so Linux
+only).
 
     python benchmarks/serve_load.py [--model DIR | --preset tiny|small] [--clients 8]
                                     [--requests 200] [--seconds 1] [--threads N] [--quick]
@@ -28,9 +31,9 @@ much faster: a multi-threaded forward waits for its slowest thread.
 
 Without --model a fresh preset model (`--preset`, default `tiny`; random weights) is built in
 a temp dir: the server's cost does not depend on what the weights learned. `--quick` (what the
-test suite runs): 1 client x 5 requests, then 2 clients x 5 requests, 5 bare runs. Traffic goes
-to 127.0.0.1 only and is bounded: at most 32 clients x 1000 requests, and each load stops after
---deadline seconds.
+test suite runs): 1 client x 5 requests, then 2 clients x 5 requests, 5 bare runs, per mode.
+Traffic goes to 127.0.0.1 only and is bounded: at most 32 clients x 1000 requests, and each load
+stops after --deadline seconds.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from voxclass import Classifier
 from voxclass.model import build_model
 
 MAX_CLIENTS, MAX_REQUESTS = 32, 1000
+MODES = {"in-process": "false", "model process": "true"}
+"""The server's two ways to run the model (`voxclass serve --model-process`), by name."""
 
 
 def fresh_model(preset: str, path: Path) -> Path:
@@ -100,9 +105,17 @@ def batch_clips_per_second(clf: Classifier, clip: bytes, batch: int, runs: int) 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its children, such as the server's model
+    process (Linux /proc)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: its parent
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def free_port() -> int:
@@ -224,10 +237,46 @@ def main() -> None:
         torch.set_num_threads(server_threads)
     batch_rate = max(batch_rates.values())
 
+    env["PYTHONUNBUFFERED"] = "1"
+    results = {}
+    for mode, flag in MODES.items():
+        results[mode] = load_server(model_dir, clip, flag, args, env, work / f"{flag}.log")
+
+    title = str(args.model) if args.model else f"fresh {args.preset} model, random weights"
+    print(
+        f"\n{title} ({clf.backend}); {args.seconds:g} s WAV clip at {clf.sampling_rate} Hz; "
+        f"{args.requests} requests per client on 127.0.0.1; "
+        f"torch threads {torch.get_num_threads()}\n"
+    )
+    loads = [(mode, n) for mode in MODES for n in (1, args.clients)]
+    print(f"{'':24}" + "".join(f"{f'{mode}, {n}':>22}" for mode, n in loads))
+    for name in results["in-process"][0]:
+        print(f"{name:24}" + "".join(f"{results[mode][n > 1][name]:>22}" for mode, n in loads))
+    print(f"\n{'bare Classifier.predict':44} {1000 * bare:.1f} ms")
+    for threads, rate in batch_rates.items():
+        name = f"predict_batch at batch {args.clients}, {threads} thread{'s' * (threads > 1)}"
+        print(f"{name:44} {rate:.1f} clips/s")
+    for mode, (single, concurrent) in results.items():
+        p50 = float(single["latency p50"].split()[0])
+        throughput = float(concurrent["throughput"].split()[0])
+        print(f"{f'{mode}: 1-client p50 / bare':44} {p50 / (1000 * bare):.2f}x (goal <= 1.3x)")
+        print(
+            f"{f'{mode}: {args.clients}-client req/s / predict_batch':44} "
+            f"{throughput / batch_rate:.2f}x (goal >= 0.8x)"
+        )
+        for error in sorted(set(single.errors + concurrent.errors))[:5]:
+            print(f"  error: {error}")
+
+
+def load_server(
+    model_dir: Path, clip: bytes, model_process: str, args, env: dict, log: Path
+) -> tuple[Load, Load]:
+    """Start `voxclass serve --model-process MODEL_PROCESS`, then measure one client and
+    `--clients` clients; the server is stopped after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = work / "server.log"
     command = [sys.executable, "-m", "voxclass", "serve", str(model_dir), "--port", str(port)]
+    command += ["--model-process", model_process]
     with open(log, "wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -239,29 +288,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-    title = str(args.model) if args.model else f"fresh {args.preset} model, random weights"
-    print(
-        f"\n{title} ({clf.backend}); {args.seconds:g} s WAV clip at {clf.sampling_rate} Hz; "
-        f"{args.requests} requests per client on 127.0.0.1; "
-        f"torch threads {torch.get_num_threads()}\n"
-    )
-    print(f"{'':24} {'1 client':>14} {f'{args.clients} clients':>14}")
-    for name in single:
-        print(f"{name:24} {single[name]:>14} {concurrent[name]:>14}")
-    p50 = float(single["latency p50"].split()[0])
-    throughput = float(concurrent["throughput"].split()[0])
-    print(f"\n{'bare Classifier.predict':38} {1000 * bare:.1f} ms")
-    for threads, rate in batch_rates.items():
-        name = f"predict_batch at batch {args.clients}, {threads} thread{'s' * (threads > 1)}"
-        print(f"{name:38} {rate:.1f} clips/s")
-    print(f"{'1-client p50 / bare':38} {p50 / (1000 * bare):.2f}x (goal <= 1.3x)")
-    print(
-        f"{f'{args.clients}-client req/s / predict_batch':38} {throughput / batch_rate:.2f}x "
-        "(goal >= 0.8x)"
-    )
-    for error in sorted(set(single.errors + concurrent.errors))[:5]:
-        print(f"  error: {error}")
+    return single, concurrent
 
 
 class Load(dict):

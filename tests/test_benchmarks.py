@@ -67,18 +67,23 @@ def check_serve_load(output: str) -> None:
         for line in output.splitlines()
         if len(line) > 24 and line[:24].strip() and not line.startswith("  error")
     }
-    assert loads["requests"] == ["5", "10"] and loads["errors"] == ["0", "0"], output
-    assert float(loads["latency p50"][0]) > 0 and float(loads["throughput"][2]) > 0, output
-    model = {line[:38].strip(): line[38:].split() for line in output.splitlines()}
+    # Four loads: in-process then model process, each 1 client then 2 clients.
+    assert loads["requests"] == ["5", "10", "5", "10"], output
+    assert loads["errors"] == ["0"] * 4, output
+    p50s = [float(v) for v in loads["latency p50"][::2]]
+    rates = [float(v) for v in loads["throughput"][::2]]
+    assert min(p50s) > 0 and min(rates) > 0, output
+    model = {line[:44].strip(): line[44:].split() for line in output.splitlines()}
     bare_ms = float(model["bare Classifier.predict"][0])
     batch_rate = max(  # the reference: the faster thread count
         float(v[0]) for k, v in model.items() if k.startswith("predict_batch at batch 2")
     )
-    p50_ratio = float(model["1-client p50 / bare"][0].rstrip("x"))
-    rate_ratio = float(model["2-client req/s / predict_batch"][0].rstrip("x"))
     # The ratios are the printed (rounded) figures divided as the docstring says.
-    assert p50_ratio == pytest.approx(float(loads["latency p50"][0]) / bare_ms, rel=0.05), output
-    assert rate_ratio == pytest.approx(float(loads["throughput"][2]) / batch_rate, rel=0.05)
+    for mode, single, concurrent in (("in-process", 0, 1), ("model process", 2, 3)):
+        p50_ratio = float(model[f"{mode}: 1-client p50 / bare"][0].rstrip("x"))
+        rate_ratio = float(model[f"{mode}: 2-client req/s / predict_batch"][0].rstrip("x"))
+        assert p50_ratio == pytest.approx(p50s[single] / bare_ms, rel=0.05), output
+        assert rate_ratio == pytest.approx(rates[concurrent] / batch_rate, rel=0.05), output
 
 
 def check_recipe_vs_seed(output: str) -> None:

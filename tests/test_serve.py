@@ -608,10 +608,15 @@ def test_cli_serve_loads_the_model_and_binds_loopback_by_default(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model)[0] == 0
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8000
-    served = local(calls[0]["app"])
-    assert served.get("/v1/model").json()["labels"] == sorted(TONES)
+    with local(calls[0]["app"]) as served:  # the app's lifespan stops the model's process
+        assert served.get("/v1/model").json()["labels"] == sorted(TONES)
+        clip = wav_bytes(burst(TONES["low"], 1.0, RATE))
+        answer = served.post("/v1/classify", **upload("l.wav", clip))
+        assert answer.status_code == 200 and answer.json()["labels"][0] == "low"
+    assert calls[0]["app"].state.batcher.score.__self__.process is None
 
     options = ["--host", "0.0.0.0", "--port", "9001", "--token", "t", "--max-upload-mb", "0.01"]
+    options += ["--model-process", "false"]
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options)[0] == 0
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9001
     guarded = local(calls[1]["app"])
@@ -631,7 +636,7 @@ def test_cli_serve_passes_the_limits_and_allowed_hosts(trained_tone_model, monke
 
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
-    options = ["--max-audio-seconds", "2", "--max-sample-rate", "8000"]
+    options = ["--max-audio-seconds", "2", "--max-sample-rate", "8000", "--model-process", "false"]
     code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options)
     assert code == 0 and err == ""  # loopback: no warning
     served = local(calls[0]["app"])
@@ -641,11 +646,13 @@ def test_cli_serve_passes_the_limits_and_allowed_hosts(trained_tone_model, monke
     assert too_long.status_code == 422 and "over the 2 s limit" in too_long.json()["detail"]
 
     # A bind on one address is answered under that name too; --allowed-hosts replaces the list.
-    assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, "--host", "10.1.2.3")[0] == 0
+    in_process = ["--model-process", "false"]
+    one_address = ["--host", "10.1.2.3", *in_process]
+    assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *one_address)[0] == 0
     bound = local(calls[1]["app"])
     assert bound.get("/health", headers={"host": "10.1.2.3:8000"}).status_code == 200
     assert bound.get("/health", headers={"host": "10.9.9.9:8000"}).status_code == 400
-    named = ["--allowed-hosts", "voice.example.org, 10.9.9.9"]
+    named = ["--allowed-hosts", "voice.example.org, 10.9.9.9", *in_process]
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *named)[0] == 0
     renamed = local(calls[2]["app"])
     assert renamed.get("/health", headers={"host": "10.9.9.9"}).status_code == 200
@@ -658,13 +665,15 @@ def test_cli_serve_warns_loudly_when_exposed_without_a_token(
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, "--host", "0.0.0.0")
+    in_process = ["--model-process", "false"]
+    exposed = ["--host", "0.0.0.0", *in_process]
+    code, err = run_cli(monkeypatch, capsys, "serve", trained_tone_model, *exposed)
     assert code == 0
     lines = err.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("warning: serving on 0.0.0.0 without --token")
     assert "--allowed-hosts" in lines[1]
-    options = ["--host", "0.0.0.0", "--token", "t", "--allowed-hosts", "box.lan"]
+    options = ["--host", "0.0.0.0", "--token", "t", "--allowed-hosts", "box.lan", *in_process]
     assert run_cli(monkeypatch, capsys, "serve", trained_tone_model, *options) == (0, "")
 
 

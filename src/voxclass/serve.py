@@ -11,6 +11,8 @@ Each upload is checked against the server's `AudioLimits` from its header before
 decoded, then decoded in a small pool of threads (never on the event loop, never more than
 `DECODE_THREADS` at once). Inference runs off the event loop too, and the clips of concurrent
 requests share one forward pass (`Batcher`), so the server keeps answering while the model works.
+`voxclass serve` runs that forward in a process of its own (`worker.ModelProcess`), so HTTP and
+the model do not take turns under one GIL.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import json
 import logging
 import secrets
 import sys
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +54,14 @@ from .stream import (
     StreamSettings,
     StreamSettingsError,
 )
+from .worker import ModelProcess, score_pieces
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
+
+Scorer = Callable[[list[np.ndarray]], list[np.ndarray | Exception]]
+"""One forward over waves at the model's rate: a row of probabilities per wave, or the error
+of that wave alone (`worker.score_pieces`)."""
 
 DEFAULT_MAX_SAMPLE_RATE = 48_000
 """Highest upload rate accepted unless `--max-sample-rate` says otherwise: what browsers and
@@ -98,6 +109,11 @@ class ServeConfig:
     stream_min_silence: float = MIN_SILENCE
     """Seconds of silence that end a /v1/stream segment (whole 32 ms detector frames): shorter
     gives segment events sooner and splits more words at a pause."""
+    model_process: bool = True
+    """Run /v1/classify's model in a child process of its own (false: in the server's
+    process). Apart, HTTP and decoding run beside the model's forward instead of taking turns
+    under Python's GIL; the price is a second copy of the model in memory (the server keeps
+    one for /v1/stream)."""
 
 
 def default_max_audio_seconds(model_max_seconds: float) -> float:
@@ -165,10 +181,29 @@ class Clip:
     """The model's windows over `wave` (`Classifier.windows_of`); one for a short clip."""
     top_k: int
     future: asyncio.Future
+    """Settled on its event loop with the Prediction or the error; cancelled if the client hung
+    up."""
     probs: np.ndarray
     """One row of probabilities per span, filled as they are scored."""
     done: int = 0
     """Spans scored so far."""
+    answered: bool = False
+    """The Batcher's thread has sent the answer (the future settles a moment later)."""
+
+    def answer(self, result: Prediction | None = None, error: Exception | None = None) -> None:
+        """Settle the future from the Batcher's thread, on the future's own loop."""
+        self.answered = True
+
+        def settle() -> None:
+            if self.future.done():  # hung up meanwhile
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        with suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.future.get_loop().call_soon_threadsafe(settle)
 
 
 class Batcher:
@@ -182,14 +217,23 @@ class Batcher:
     Requests that arrive while a forward runs join the next one; nothing waits on a timer. One
     forward runs at a time: torch already spreads it over all cores. A forward that fails is
     retried piece by piece, so one bad clip fails only its own request.
+
+    Forwards run on a thread of the Batcher's own, which starts the next forward as soon as one
+    ends and hands answers to the event loop: the model never waits for the loop to finish
+    parsing other requests first.
     """
 
-    def __init__(self, clf: Classifier, max_batch: int = 16):
+    def __init__(self, clf: Classifier, score: Scorer | None = None, max_batch: int = 16):
         self.clf = clf
+        self.score: Scorer = score or partial(score_pieces, clf)
+        """Runs one forward: `worker.score_pieces` here, or `ModelProcess.score` there."""
         self.max_batch = max_batch
         self.pending: list[Clip] = []
-        """Clips accepted and not yet answered, in arrival order."""
-        self.worker: asyncio.Task | None = None
+        """Clips accepted and not yet answered, in arrival order (guarded by `work`)."""
+        self.work = threading.Condition()
+        """Notified when a clip arrives or `close` is called."""
+        self.thread: threading.Thread | None = None
+        self.stopping = False
 
     async def predict(self, wave: np.ndarray, name: str, top_k: int) -> Prediction:
         """The top `top_k` labels of one wave (already at the model's rate), best first, with
@@ -197,16 +241,34 @@ class Batcher:
         spans = self.clf.windows_of(wave, None, None)
         probs = np.zeros((len(spans), len(self.clf.labels)), np.float32)
         future = asyncio.get_running_loop().create_future()
-        self.pending.append(Clip(name, wave, spans, top_k, future, probs))
-        if self.worker is None or self.worker.done():
-            self.worker = asyncio.create_task(self._drain())
+        with self.work:
+            self.pending.append(Clip(name, wave, spans, top_k, future, probs))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="voxclass-batcher")
+                self.thread.daemon = True
+                self.thread.start()
+            self.work.notify()
         return await future
+
+    def close(self) -> None:
+        """Stop the thread once its forward ends; clips still waiting get an error. A later
+        `predict` starts a new thread."""
+        with self.work:
+            self.stopping = True
+            self.work.notify()
+            waiting, self.pending, thread = self.pending, [], self.thread
+        for clip in waiting:
+            clip.answer(error=RuntimeError("the server is shutting down"))
+        if thread is not None:
+            thread.join()
+        with self.work:
+            self.thread, self.stopping = None, False
 
     def _next_batch(self) -> list[tuple[Clip, tuple[int, int]]]:
         """(clip, span) pairs for the next forward: waiting short clips, else the next window of
-        the long clip with the fewest windows left."""
+        the long clip with the fewest windows left. Called holding `work`."""
         # A client that hung up cancelled its future: its clip costs nothing more.
-        self.pending = [clip for clip in self.pending if not clip.future.done()]
+        self.pending = [c for c in self.pending if not (c.answered or c.future.cancelled())]
         short = [clip for clip in self.pending if len(clip.spans) == 1]
         if short:
             return [(clip, clip.spans[0]) for clip in short[: self.max_batch]]
@@ -215,29 +277,26 @@ class Batcher:
         clip = min(self.pending, key=lambda c: len(c.spans) - c.done)
         return [(clip, clip.spans[clip.done])]
 
-    def _score(self, pieces: list[np.ndarray]) -> list[np.ndarray | Exception]:
-        """Probabilities of each piece, or the exception that this piece alone raises."""
-        try:
-            return list(self.clf.probabilities(pieces, batch_size=len(pieces)))
-        except Exception as err:
-            if len(pieces) == 1:
-                return [err]
-        return [self._score([piece])[0] for piece in pieces]
-
-    async def _drain(self) -> None:
-        while batch := self._next_batch():
+    def _run(self) -> None:
+        while True:
+            with self.work:
+                while not self.stopping and not (batch := self._next_batch()):
+                    self.work.wait()
+                if self.stopping:
+                    return
             pieces = [clip.wave[a:b] for clip, (a, b) in batch]
-            rows = await run_in_threadpool(self._score, pieces)
+            try:
+                rows = self.score(pieces)
+            except Exception as err:  # a scorer's own failure fails its batch, not the server
+                rows = [err] * len(pieces)
             for (clip, _), row in zip(batch, rows, strict=True):
-                if clip.future.done():  # hung up while its forward ran
-                    continue
                 if isinstance(row, Exception):
-                    clip.future.set_exception(row)
+                    clip.answer(error=row)
                     continue
                 clip.probs[clip.done] = row
                 clip.done += 1
                 if clip.done == len(clip.spans):
-                    clip.future.set_result(
+                    clip.answer(
                         self.clf.prediction_of(
                             clip.name, clip.wave, clip.spans, clip.probs, clip.top_k
                         )
@@ -520,6 +579,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
     stream_min_silence: float = MIN_SILENCE,
+    model_process: bool = False,
 ) -> FastAPI:
     """The app over one classifier, loaded here once (a trained or exported model dir).
 
@@ -530,6 +590,8 @@ def create_app(
     from its header before decoding. `allowed_hosts`: accepted Host header values (default the
     loopback names; `*` accepts any). `max_stream_seconds` bounds each `/v1/stream`, and
     `stream_min_silence` is the silence that ends its segments (`StreamSettings.min_silence`).
+    `model_process`: /v1/classify scores in a `ModelProcess` loaded from the model dir
+    (ConfigError for a `Classifier` object), stopped when the app shuts down.
     """
     if token is not None and not token.strip():
         raise ConfigError(
@@ -552,6 +614,8 @@ def create_app(
         TrustedHostMiddleware(None, hosts)  # type: ignore[arg-type]
     except AssertionError as err:
         raise ConfigError(f"--allowed-hosts {','.join(hosts)}: {err}") from None
+    if model_process and isinstance(model, Classifier):
+        raise ConfigError("model_process needs a model directory, not a loaded Classifier")
     clf = model if isinstance(model, Classifier) else Classifier.load(model)
     limits = AudioLimits(
         max_seconds=max_audio_seconds or default_max_audio_seconds(clf.max_seconds),
@@ -559,14 +623,24 @@ def create_app(
         max_channels=MAX_CHANNELS,
         option="--max-audio-seconds",
     )
-    batcher = Batcher(clf)
+    worker = ModelProcess(model, clf.device) if model_process else None  # type: ignore[arg-type]
+    batcher = Batcher(clf, worker.score if worker else None)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="voxclass-decode")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+        if worker:
+            worker.close()
+
     app = FastAPIOffline(
         title="voxclass",
         version=__version__,
         description="Audio classification: upload a clip to `/v1/classify`. Web page at `/`.",
         redoc_url=None,
         swagger_ui_parameters={"validatorUrl": None},  # the validator badge calls a web service
+        lifespan=lifespan,
     )
     app.state.batcher = batcher
     too_large = (
@@ -701,6 +775,7 @@ def serve(
     allowed_hosts: list[str] | None = None,
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS,
     stream_min_silence: float = MIN_SILENCE,
+    model_process: bool = True,
 ) -> None:
     """Load the model once and serve until interrupted. `allowed_hosts` defaults to
     `default_allowed_hosts(host)`; a bind other machines can reach without a token, or on all
@@ -716,6 +791,7 @@ def serve(
         default_allowed_hosts(host) if allowed_hosts is None else allowed_hosts,
         max_stream_seconds=max_stream_seconds,
         stream_min_silence=stream_min_silence,
+        model_process=model_process,
     )
     for warning in exposure_warnings(host, token, allowed_hosts):
         print(warning, file=sys.stderr)
