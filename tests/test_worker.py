@@ -74,6 +74,24 @@ def test_a_model_the_child_cannot_load_is_one_line(tmp_path):
     with pytest.raises(ModelProcessError) as err:
         ModelProcess(missing)
     assert str(missing) in str(err.value) and "\n" not in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_the_servers_classifier_has_the_settings_and_no_weights(worker, clf):
+    """The server's Classifier reads the model's settings from the child and runs its
+    forwards there: same labels, rate and answers, and no torch model in this process."""
+    remote = worker.classifier
+    assert (remote.labels, remote.sampling_rate, remote.max_seconds, remote.backend) == (
+        clf.labels,
+        clf.sampling_rate,
+        clf.max_seconds,
+        clf.backend,
+    )
+    assert remote.model is None and clf.model is not None
+    np.testing.assert_allclose(
+        remote.probabilities(waves(), batch_size=2), clf.probabilities(waves()), atol=1e-5
+    )
+    assert remote.predict(waves()[2], RATE).labels == clf.predict(waves()[2], RATE).labels
 
 
 def test_serve_refuses_a_model_process_for_a_loaded_classifier(clf):

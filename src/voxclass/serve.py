@@ -110,10 +110,9 @@ class ServeConfig:
     """Seconds of silence that end a /v1/stream segment (whole 32 ms detector frames): shorter
     gives segment events sooner and splits more words at a pause."""
     model_process: bool = True
-    """Run /v1/classify's model in a child process of its own (false: in the server's
-    process). Apart, HTTP and decoding run beside the model's forward instead of taking turns
-    under Python's GIL; the price is a second copy of the model in memory (the server keeps
-    one for /v1/stream)."""
+    """Run the model's forwards in a child process of its own (false: in the server's
+    process). Apart, HTTP and decoding run beside the forward instead of taking turns under
+    Python's GIL."""
 
 
 def default_max_audio_seconds(model_max_seconds: float) -> float:
@@ -590,8 +589,9 @@ def create_app(
     from its header before decoding. `allowed_hosts`: accepted Host header values (default the
     loopback names; `*` accepts any). `max_stream_seconds` bounds each `/v1/stream`, and
     `stream_min_silence` is the silence that ends its segments (`StreamSettings.min_silence`).
-    `model_process`: /v1/classify scores in a `ModelProcess` loaded from the model dir
-    (ConfigError for a `Classifier` object), stopped when the app shuts down.
+    `model_process`: forwards (/v1/classify and /v1/stream) run in a `ModelProcess` loaded
+    from the model dir (ConfigError for a `Classifier` object), stopped when the app shuts
+    down.
     """
     if token is not None and not token.strip():
         raise ConfigError(
@@ -616,14 +616,17 @@ def create_app(
         raise ConfigError(f"--allowed-hosts {','.join(hosts)}: {err}") from None
     if model_process and isinstance(model, Classifier):
         raise ConfigError("model_process needs a model directory, not a loaded Classifier")
-    clf = model if isinstance(model, Classifier) else Classifier.load(model)
+    worker = ModelProcess(model) if model_process else None  # type: ignore[arg-type]
+    if worker:
+        clf = worker.classifier
+    else:
+        clf = model if isinstance(model, Classifier) else Classifier.load(model)
     limits = AudioLimits(
         max_seconds=max_audio_seconds or default_max_audio_seconds(clf.max_seconds),
         max_rate=max_sample_rate,
         max_channels=MAX_CHANNELS,
         option="--max-audio-seconds",
     )
-    worker = ModelProcess(model, clf.device) if model_process else None  # type: ignore[arg-type]
     batcher = Batcher(clf, worker.score if worker else None)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="voxclass-decode")
 
