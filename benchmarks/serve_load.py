@@ -252,16 +252,16 @@ def main() -> None:
     print(f"{'':24}" + "".join(f"{f'{mode}, {n}':>22}" for mode, n in loads))
     for name in results["in-process"][0]:
         print(f"{name:24}" + "".join(f"{results[mode][n > 1][name]:>22}" for mode, n in loads))
-    print(f"\n{'bare Classifier.predict':44} {1000 * bare:.1f} ms")
+    print(f"\n{'bare Classifier.predict':48} {1000 * bare:.1f} ms")
     for threads, rate in batch_rates.items():
         name = f"predict_batch at batch {args.clients}, {threads} thread{'s' * (threads > 1)}"
-        print(f"{name:44} {rate:.1f} clips/s")
+        print(f"{name:48} {rate:.1f} clips/s")
     for mode, (single, concurrent) in results.items():
         p50 = float(single["latency p50"].split()[0])
         throughput = float(concurrent["throughput"].split()[0])
-        print(f"{f'{mode}: 1-client p50 / bare':44} {p50 / (1000 * bare):.2f}x (goal <= 1.3x)")
+        print(f"{f'{mode}: 1-client p50 / bare':48} {p50 / (1000 * bare):.2f}x (goal <= 1.3x)")
         print(
-            f"{f'{mode}: {args.clients}-client req/s / predict_batch':44} "
+            f"{f'{mode}: {args.clients}-client req/s / predict_batch':48} "
             f"{throughput / batch_rate:.2f}x (goal >= 0.8x)"
         )
         for error in sorted(set(single.errors + concurrent.errors))[:5]:

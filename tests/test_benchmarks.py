@@ -73,7 +73,7 @@ def check_serve_load(output: str) -> None:
     p50s = [float(v) for v in loads["latency p50"][::2]]
     rates = [float(v) for v in loads["throughput"][::2]]
     assert min(p50s) > 0 and min(rates) > 0, output
-    model = {line[:44].strip(): line[44:].split() for line in output.splitlines()}
+    model = {line[:48].strip(): line[48:].split() for line in output.splitlines()}
     bare_ms = float(model["bare Classifier.predict"][0])
     batch_rate = max(  # the reference: the faster thread count
         float(v[0]) for k, v in model.items() if k.startswith("predict_batch at batch 2")
