@@ -3,6 +3,9 @@ a dead child fails only its batch and is replaced, and a model it cannot load is
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import TONES, burst
@@ -97,3 +100,15 @@ def test_the_servers_classifier_has_the_settings_and_no_weights(worker, clf):
 def test_serve_refuses_a_model_process_for_a_loaded_classifier(clf):
     with pytest.raises(ConfigError, match="model directory"):
         create_app(clf, model_process=True)
+
+
+def test_a_script_without_the_main_guard_is_told_why(trained_tone_model, tmp_path):
+    """Spawn imports the starting script again; without the guard the child fails at once,
+    and the error says what to add instead of only an exit code."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        f"from voxclass.worker import ModelProcess\nModelProcess({str(trained_tone_model)!r})\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "if __name__ == '__main__':" in run.stderr.splitlines()[-1], run.stderr[-2000:]

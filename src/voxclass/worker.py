@@ -102,7 +102,12 @@ class ModelProcess:
             status, payload = parent.recv()
         except EOFError:
             process.join(5)
-            status, payload = "error", f"its process exited with code {process.exitcode}"
+            status = "error"
+            payload = (
+                f"the model's process exited with code {process.exitcode} before loading it "
+                "(a script that starts a ModelProcess needs the `if __name__ == '__main__':` "
+                "guard: the process is spawned and imports the script again)"
+            )
         if status != "ok":
             parent.close()
             named = payload if self.path in payload else f"{self.path}: {payload}"
