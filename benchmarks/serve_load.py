@@ -237,7 +237,7 @@ def main() -> None:
         torch.set_num_threads(server_threads)
     batch_rate = max(batch_rates.values())
 
-    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"  # a server that never gets healthy has its log shown whole
     results = {}
     for mode, flag in MODES.items():
         results[mode] = load_server(model_dir, clip, flag, args, env, work / f"{flag}.log")
