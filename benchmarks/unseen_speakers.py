@@ -123,6 +123,8 @@ VARIANTS: dict[str, Variant] = {
     "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
     "mixup": Variant(train={"mixup": 0.4}),
     "average5": Variant(train={"average_best": 5}),
+    # a bag-of-words head on the pooled features (new-wording check: the clips' `text`)
+    "words": Variant(train={"word_loss": 1.0, "transcript_column": "text"}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
 }
 
@@ -238,13 +240,19 @@ def clips(data: Path, takes: int | None) -> list[dict]:
 
 
 def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
-    """A CSV manifest (path, label, split, speaker) of the given clips."""
+    """A CSV manifest (path, label, split, speaker, text) of the given clips."""
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "label", "split", "speaker"])
+        writer = csv.DictWriter(f, ["path", "label", "split", "speaker", "text"])
         writer.writeheader()
         for split, rows in splits.items():
             writer.writerows(
-                {"path": r["path"], "label": r["label"], "split": split, "speaker": r["speaker"]}
+                {
+                    "path": r["path"],
+                    "label": r["label"],
+                    "split": split,
+                    "speaker": r["speaker"],
+                    "text": r.get("text", ""),
+                }
                 for r in rows
             )
 
@@ -320,7 +328,12 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     by_split: dict[str, list[dict]] = {}
     with open(out / "metadata.csv", newline="") as f:
         for r in csv.DictReader(f):
-            row = {"path": str(out / r["file_name"]), "label": r["label"], "speaker": r["voice"]}
+            row = {
+                "path": str(out / r["file_name"]),
+                "label": r["label"],
+                "speaker": r["voice"],
+                "text": r["text"],
+            }
             by_split.setdefault(r["split"], []).append(row)
     return by_split
 
