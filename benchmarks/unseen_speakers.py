@@ -123,8 +123,6 @@ VARIANTS: dict[str, Variant] = {
     "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
     "mixup": Variant(train={"mixup": 0.4}),
     "average5": Variant(train={"average_best": 5}),
-    # a bag-of-words head on the pooled features (new-wording check: the clips' `text`)
-    "words": Variant(train={"word_loss": 1.0, "transcript_column": "text"}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
 }
 
@@ -240,19 +238,13 @@ def clips(data: Path, takes: int | None) -> list[dict]:
 
 
 def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
-    """A CSV manifest (path, label, split, speaker, text) of the given clips."""
+    """A CSV manifest (path, label, split, speaker) of the given clips."""
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "label", "split", "speaker", "text"])
+        writer = csv.DictWriter(f, ["path", "label", "split", "speaker"])
         writer.writeheader()
         for split, rows in splits.items():
             writer.writerows(
-                {
-                    "path": r["path"],
-                    "label": r["label"],
-                    "split": split,
-                    "speaker": r["speaker"],
-                    "text": r.get("text", ""),
-                }
+                {"path": r["path"], "label": r["label"], "split": split, "speaker": r["speaker"]}
                 for r in rows
             )
 
@@ -328,12 +320,7 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     by_split: dict[str, list[dict]] = {}
     with open(out / "metadata.csv", newline="") as f:
         for r in csv.DictReader(f):
-            row = {
-                "path": str(out / r["file_name"]),
-                "label": r["label"],
-                "speaker": r["voice"],
-                "text": r["text"],
-            }
+            row = {"path": str(out / r["file_name"]), "label": r["label"], "speaker": r["voice"]}
             by_split.setdefault(r["split"], []).append(row)
     return by_split
 

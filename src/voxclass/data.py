@@ -6,7 +6,6 @@ Every source (a Hub dataset, an audiofolder, a CSV/JSONL manifest) becomes split
   label  `ClassLabel` with names sorted, so label ids are the same on every machine;
          with `multi_label`, `List(ClassLabel)`: the ids of every label of the clip
   group  (only when --group-by / --group-pattern is given) e.g. the speaker
-  transcript  (only when --transcript-column is given) what the clip says, "" if unknown
 Where the source has no test split, one is made: stratified by label, or by group when asked
 (a multi-label split is seeded random, as label sets cannot be stratified).
 """
@@ -75,9 +74,6 @@ class DataConfig:
     group_pattern: str | None = None
     """Regex with a named group `(?P<group>...)` applied to the file name, e.g. FSDD's
     `^\\d+_(?P<group>[a-z]+)_`."""
-    transcript_column: str | None = None
-    """Manifest/metadata (or Hub) column with what each clip says, for --word-loss: `text`
-    in the metadata.csv of `voxclass synth`, `transcription` in MInDS-14."""
     test_groups: list[str] = field(default_factory=list)
     """Hold out exactly these groups as the test split (instead of a random group split)."""
     multi_label: bool = False
@@ -385,13 +381,6 @@ def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:
         if config.group_by not in ds.column_names:
             raise DataError(f"'{config.source}' has no column '{config.group_by}' for --group-by")
         extra["group"] = [str(v) for v in ds[config.group_by]]
-    if config.transcript_column:
-        if config.transcript_column not in ds.column_names:
-            raise DataError(
-                f"'{config.source}' has no column '{config.transcript_column}' for "
-                f"--transcript-column (columns: {', '.join(ds.column_names)})"
-            )
-        extra["transcript"] = [str(v or "") for v in ds[config.transcript_column]]
     return _dataset({"audio": audio, "label": labels, **extra})
 
 
@@ -423,19 +412,12 @@ def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
     }
     if config.group_by or config.group_pattern:
         columns["group"] = [_group_of(r, config) for r in rows]
-    if config.transcript_column:
-        if not any(config.transcript_column in r for r in rows):
-            raise DataError(
-                f"'{config.source}' has no column '{config.transcript_column}' for "
-                "--transcript-column (add it to the manifest or the folder's metadata.csv)"
-            )
-        columns["transcript"] = [r.get(config.transcript_column) or "" for r in rows]
     return _dataset(columns)
 
 
 def _dataset(columns: dict[str, list]) -> Dataset:
-    """Columns (audio dicts, string labels or label lists, optional string groups and
-    transcripts) -> Dataset, Audio undecoded."""
+    """Columns (audio dicts, string labels or label lists, optional string groups) -> Dataset,
+    Audio undecoded."""
     from datasets import Audio, Dataset, Features, List, Value
 
     features = Features({k: audio_struct() if k == "audio" else Value("string") for k in columns})

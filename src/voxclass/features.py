@@ -233,9 +233,8 @@ def featurize(
         )
         for c in range(copies if augment else 1)
     ]
-    columns = [c for c in ("inputs", "label") if c in parts[0].column_names]
     return concatenate_datasets(parts).with_format(
-        "numpy", columns=columns, output_all_columns=True
+        "numpy", columns=["inputs", "label"], output_all_columns=True
     )
 
 
@@ -252,32 +251,19 @@ class PadCollator:
     speakers: dict[str, int] | None = None
     """Speaker-adversarial training: each example's `group` as a speaker id in `speakers`
     (-100 for a group not in it), sent as `speakers`. None: no speaker ids."""
-    words: dict[str, int] | None = None
-    """Word targets: each example's `transcript` as a multi-hot row over this vocabulary
-    (`words.targets`), sent as `words`. None: no word targets."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         import torch
 
         batch = pad_batch(self.extractor, [e["inputs"] for e in examples], self.min_length)
-        if "label" in examples[0]:  # word clips have none: they train a head alone
-            batch["labels"] = self.labels([e["label"] for e in examples])
+        if self.num_labels is None:
+            batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
+        else:
+            hot = torch.zeros(len(examples), self.num_labels)
+            for row, example in enumerate(examples):
+                hot[row, [int(i) for i in example["label"]]] = 1.0
+            batch["labels"] = hot
         if self.speakers is not None:
             ids = [self.speakers.get(e.get("group"), -100) for e in examples]
             batch["speakers"] = torch.tensor(ids)
-        if self.words is not None:
-            from .words import targets
-
-            batch["words"] = targets([e.get("transcript") for e in examples], self.words)
         return batch
-
-    def labels(self, labels: list) -> torch.Tensor:
-        """Label ids, or multi-hot rows of `num_labels` for label-id lists."""
-        import torch
-
-        if self.num_labels is None:
-            return torch.tensor([int(label) for label in labels])
-        hot = torch.zeros(len(labels), self.num_labels)
-        for row, ids in enumerate(labels):
-            hot[row, [int(i) for i in ids]] = 1.0
-        return hot

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from datasets import Audio, Dataset, DatasetDict, Features, Value, concatenate_datasets
-from torch.utils.data import DataLoader
+from datasets import Dataset, DatasetDict, Features, concatenate_datasets
 from transformers import (
     EarlyStoppingCallback,
     PrinterCallback,
@@ -69,7 +66,6 @@ from .metrics import trainer_metrics
 from .model import PRETRAINED_LEARNING_RATE, ModelError, build_model, made_by_pretrain
 from .noise import load_recordings
 from .presets import PRESETS
-from .words import WordHead, vocabulary
 
 
 @dataclass
@@ -126,18 +122,6 @@ class TrainConfig(DataConfig):
     features while the encoder learns to leave it guessing, so the features stop telling the
     training speakers apart. Single-process training only; the saved model is the stock
     classifier."""
-    word_loss: float = 0.0
-    """Weight of a bag-of-words loss (e.g. 1.0; 0: off): a head learns from the pooled
-    features which words a clip says, on --word-clips synthetic clips of the training
-    transcripts' words (--transcript-column), so the encoder learns to find words, not
-    whole sentences, and the label has words to key on. The head exists only while
-    training; the saved model is the stock classifier."""
-    word_clips: int = 2000
-    """With --word-loss: clips of random sequences of the training transcripts' words,
-    synthesized (espeak-ng, --synth-channel) for the word head alone; they carry no label.
-    Each training step also runs half a batch of them. The labelled clips' own transcripts are
-    not the head's targets: in a few phrasings a sentence's words follow from the sentence as
-    a whole, and the head learns sentences again."""
     mixup: float = 0.0
     """Mixup's Beta(a, a) parameter (e.g. 0.4; 0: off): each training batch is mixed with a
     shuffled copy of itself, inputs and losses weighted alike."""
@@ -419,8 +403,6 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
     }
     if "group" in train_split.column_names:
         columns["group"] = [f"synthetic {r['voice']}" for r in rows]
-    if "transcript" in train_split.column_names:
-        columns["transcript"] = [r["text"] for r in rows]
     # as in data.py: a plain struct, then cast (encoding an Audio feature needs torchcodec)
     features = Features({**train_split.features, "audio": audio_struct()})
     synthetic = Dataset.from_dict(columns, features=features)
@@ -507,10 +489,9 @@ def mix(inputs: dict, key: str, alpha: float) -> tuple[float, torch.Tensor | Non
 
 
 class VoxTrainer(Trainer):
-    """The stock Trainer with the length-grouped sampler above, optional mixup, and heads that
-    read the input of the model's `classifier` layer (the pooled utterance features of every
-    transformers audio classifier): given an `adversary`, a speaker-adversarial loss; given a
-    `word_head`, a bag-of-words loss on a batch of `word_batches` at every training step."""
+    """The stock Trainer with the length-grouped sampler above, optional mixup, and, given an
+    `adversary`, a speaker-adversarial loss on the input of the model's `classifier` layer (the
+    pooled utterance features of every transformers audio classifier)."""
 
     def __init__(
         self,
@@ -518,28 +499,23 @@ class VoxTrainer(Trainer):
         adversary: SpeakerAdversary | None = None,
         weight: float = 0.0,
         mixup: float = 0.0,
-        word_head: WordHead | None = None,
-        word_weight: float = 0.0,
-        word_batches: Iterator[dict] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.mixup = mixup
         self.adversary = adversary.to(self.args.device) if adversary is not None else None
         self.adversary_weight = weight
-        self.word_head = word_head.to(self.args.device) if word_head is not None else None
-        self.word_weight = word_weight
-        self.word_batches = word_batches
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        heads = [h for h in (self.adversary, self.word_head) if h is not None]
-        if heads and not any(g.get("heads") for g in optimizer.param_groups):
+        if self.adversary is not None and not any(
+            g.get("adversary") for g in optimizer.param_groups
+        ):
             optimizer.add_param_group(
                 {
-                    "params": [p for head in heads for p in head.parameters()],
+                    "params": list(self.adversary.parameters()),
                     "weight_decay": 0.0,
-                    "heads": True,
+                    "adversary": True,
                 }
             )
         return optimizer
@@ -547,11 +523,9 @@ class VoxTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         speakers = inputs.pop("speakers", None)
         adversarial = self.adversary is not None and speakers is not None
-        worded = self.word_head is not None and self.word_batches is not None
-        if not model.training or not (adversarial or worded or self.mixup):
+        if not model.training or not (adversarial or self.mixup):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         share, partner = mix(inputs, self.model.main_input_name, self.mixup)
-
         labels = inputs["labels"]  # the Trainer pops them when it has a compute_loss_func
         pooled = []  # the classifier's input, the pooled features the speaker head reads
         hook = (
@@ -577,25 +551,7 @@ class VoxTrainer(Trainer):
             if share < 1.0:
                 partner_loss = self.adversary.loss(pooled[0], speakers[partner], weight)
                 loss = loss + (1.0 - share) * partner_loss
-        if worded:
-            loss = loss + self.word_weight * self.word_loss(model)
         return (loss, outputs) if return_outputs else loss
-
-    def word_loss(self, model) -> torch.Tensor:
-        """The word head's loss on the next batch of word clips, through the same model, on the
-        frames its `projector` gives (those the classifier's mean pooling averages)."""
-        batch = {k: v.to(self.args.device) for k, v in next(self.word_batches).items()}
-        hot = batch.pop("words")
-        frames = []
-        hook = self.model.projector.register_forward_hook(
-            lambda module, args, output: frames.append(output)
-        )
-        try:
-            model(**batch)
-        finally:
-            hook.remove()
-        mask = frame_mask(self.model, batch.get("attention_mask"), frames[0].shape[1])
-        return self.word_head.loss(frames[0], hot, mask)
 
     def label_loss(self, outputs, labels, num_items_in_batch=None):
         """The loss the model's own would give for these labels (or voxclass's loss function)."""
@@ -637,21 +593,6 @@ class PatientEarlyStopping(EarlyStoppingCallback):
         return saved
 
 
-def head_input(config: TrainConfig, model: Any, layer: str, option: str) -> torch.nn.Linear:
-    """The model's linear layer `layer` (`classifier`, `projector`), whose features a training
-    head of `option` reads; a ConfigError for a setting such heads cannot train with (they
-    live in one process's Trainer)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(f"{option} trains in one process only: run without torchrun")
-    found = getattr(model, layer, None)
-    if not isinstance(found, torch.nn.Linear):
-        raise ConfigError(
-            f"{option} needs a model whose `{layer}` is one linear layer (the presets, "
-            f"wav2vec2, HuBERT, WavLM, Whisper); {config.model}'s is {type(found).__name__}"
-        )
-    return found
-
-
 def speaker_adversary(
     config: TrainConfig, train_split: Dataset, model: Any
 ) -> tuple[SpeakerAdversary | None, dict[str, int] | None]:
@@ -670,92 +611,19 @@ def speaker_adversary(
             f"--speaker-adversary needs at least 2 speakers in the training split; it has "
             f"{len(speakers)}"
         )
-    width = head_input(config, model, "classifier", "--speaker-adversary").in_features
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--speaker-adversary trains in one process only: run without torchrun")
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, torch.nn.Linear):
+        raise ConfigError(
+            f"--speaker-adversary needs a model whose `classifier` is one linear layer over "
+            f"pooled features (the presets, wav2vec2, HuBERT, WavLM, Whisper); "
+            f"{config.model}'s is {type(classifier).__name__}"
+        )
     with torch.random.fork_rng(devices=[]):  # the rest of training draws what it would without
         torch.manual_seed(config.seed)
-        head = SpeakerAdversary(width, len(speakers))
+        head = SpeakerAdversary(classifier.in_features, len(speakers))
     return head, {speaker: i for i, speaker in enumerate(speakers)}
-
-
-def word_head(
-    config: TrainConfig, train_split: Dataset, model: Any
-) -> tuple[WordHead | None, dict[str, int] | None]:
-    """The bag-of-words head and its vocabulary (the words of at least two training
-    transcripts) for --word-loss (None, None when it is off); an impossible setting is a
-    ConfigError before any audio is decoded."""
-    if not config.word_loss:
-        return None, None
-    if "transcript" not in train_split.column_names:
-        raise ConfigError(
-            "--word-loss needs what each training clip says: add --transcript-column COLUMN "
-            "(`text` for a `voxclass synth` folder)"
-        )
-    vocab = vocabulary(train_split["transcript"])
-    if not vocab:
-        raise ConfigError(
-            "--word-loss: no word is said in two or more training transcripts; check "
-            f"--transcript-column {config.transcript_column}"
-        )
-    if config.word_clips < 1:
-        raise ConfigError(f"--word-clips {config.word_clips}: give 1 or more (e.g. 2000)")
-    width = head_input(config, model, "projector", "--word-loss").out_features
-    with torch.random.fork_rng(devices=[]):  # the rest of training draws what it would without
-        torch.manual_seed(config.seed + 1)
-        head = WordHead(width, len(vocab))
-    return head, vocab
-
-
-def word_texts(vocab: dict[str, int], count: int, seed: int) -> list[str]:
-    """`count` random sequences of 2 to 8 vocabulary words, every word as likely as any other
-    (the words that carry a label are often rarer than `my` and `the`)."""
-    rng = random.Random(seed)
-    words = sorted(vocab)
-    return [" ".join(rng.choices(words, k=rng.randint(2, 8))) for _ in range(count)]
-
-
-def synthesize_word_clips(vocab: dict[str, int], config: TrainConfig) -> Dataset:
-    """--word-clips clips of `word_texts`, synthesized into the work dir: `audio` and
-    `transcript` columns, no label."""
-    from .synth import SynthConfig, synthesize
-
-    phrase_file = work_dir(config) / "word-clips.yaml"
-    phrase_file.parent.mkdir(parents=True, exist_ok=True)
-    texts = word_texts(vocab, config.word_clips, config.seed)
-    phrase_file.write_text(yaml.safe_dump({"labels": {"words": texts}}))
-    rows = synthesize(
-        SynthConfig(
-            out=work_dir(config) / "word-clips",
-            phrases=str(phrase_file),
-            train_per_label=len(texts),  # each text said once
-            validation_per_label=0,
-            test_per_label=0,
-            test_voice_fraction=0,
-            channel=config.synth_channel,
-            sampling_rate=8000 if config.synth_channel == "telephone" else 16000,
-            seed=config.seed,
-        )
-    )["rows"]
-    folder = work_dir(config) / "word-clips"
-    columns = {
-        "audio": [{"path": str(folder / r["file_name"]), "bytes": None} for r in rows],
-        "transcript": [r["text"] for r in rows],
-    }
-    features = Features({"audio": audio_struct(), "transcript": Value("string")})
-    return Dataset.from_dict(columns, features=features).cast_column("audio", Audio(decode=False))
-
-
-def frame_mask(model: Any, attention_mask: torch.Tensor | None, frames: int):
-    """Which of `frames` encoder frames are real (not padding), as the model's own pooling
-    decides; None without an attention mask (every frame counts, as in the model's pooling)."""
-    if attention_mask is None or attention_mask.shape[1] == frames:
-        return attention_mask
-    return model._get_feature_vector_attention_mask(frames, attention_mask)
-
-
-def forever(loader: DataLoader) -> Iterator[dict]:
-    """The loader's batches, epoch after epoch."""
-    while True:
-        yield from loader
 
 
 def early_stopping_start(config: TrainConfig, num_labels: int, multi_label: bool) -> float:
@@ -970,7 +838,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     model, extractor = build_model(config.model, labels, **overrides)
     small_pretrained = made_by_pretrain(model.config)
     adversary, speakers = speaker_adversary(config, dd["train"], model)
-    words, vocab = word_head(config, dd["train"], model)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
@@ -1000,18 +867,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         if selected_on != "test"
         else test_set
     )
-    word_batches = None
-    if words is not None:
-        said = decode_data(DatasetDict(words=synthesize_word_clips(vocab, config)), config, rate)
-        word_batches = forever(
-            DataLoader(
-                featurize(said["words"], extractor, rate, max_seconds),
-                batch_size=max(1, config.batch_size // 2),
-                shuffle=True,
-                collate_fn=PadCollator(extractor, min_input_length(model), words=vocab),
-                generator=torch.Generator().manual_seed(config.seed),
-            )
-        )
 
     if small_pretrained:  # its learning rate is known only now that its config is read
         args = training_arguments(config, from_scratch, small_pretrained)
@@ -1041,9 +896,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         adversary=adversary,
         weight=config.speaker_adversary,
         mixup=config.mixup,
-        word_head=words,
-        word_weight=config.word_loss,
-        word_batches=word_batches,
     )
     trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat EpochLog's lines
     start = time.perf_counter()
@@ -1068,8 +920,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
             "real_train_clips": real_train_clips,
             "synthetic_train_clips": len(decoded["train"]) - real_train_clips,
             "adversary_speakers": len(speakers or {}),
-            "word_targets": len(vocab or {}),
-            "word_clips": config.word_clips if vocab else 0,
             "test_clips": len(test_set),
         },
         "epochs": epochs,
