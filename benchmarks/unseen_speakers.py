@@ -171,7 +171,29 @@ def mfcc_svm(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
     return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
 
 
-REFERENCES = {"mfcc_svm": mfcc_svm}
+def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+    """The `text_bow` reference row (new-wording check): no audio at all, a logistic
+    regression on the word counts of what the training and validation clips say, tested on
+    what the test clips say. It says how much of the intent the words carry, the most a
+    model that heard every word right could use."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    start = time.perf_counter()
+    known = splits["train"] + splits["validation"]
+    if not all("text" in r for r in known):
+        raise SystemExit("text_bow needs what each clip says: use it with --check new-wording")
+    model = make_pipeline(CountVectorizer(), LogisticRegression(C=10.0, max_iter=2000))
+    model.fit([r["text"] for r in known], [r["label"] for r in known])
+    accuracy = {
+        name: float(np.mean(model.predict([r["text"] for r in rows]) == [r["label"] for r in rows]))
+        for name, rows in tests.items()
+    }
+    return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
+
+
+REFERENCES = {"mfcc_svm": mfcc_svm, "text_bow": text_bow}
 """Rows that are not a voxclass recipe, for scale: `--variants baseline,mfcc_svm`."""
 
 
@@ -320,7 +342,12 @@ def synth_rows(out: Path) -> dict[str, list[dict]]:
     by_split: dict[str, list[dict]] = {}
     with open(out / "metadata.csv", newline="") as f:
         for r in csv.DictReader(f):
-            row = {"path": str(out / r["file_name"]), "label": r["label"], "speaker": r["voice"]}
+            row = {
+                "path": str(out / r["file_name"]),
+                "label": r["label"],
+                "speaker": r["voice"],
+                "text": r["text"],
+            }
             by_split.setdefault(r["split"], []).append(row)
     return by_split
 

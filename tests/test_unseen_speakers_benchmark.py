@@ -59,3 +59,18 @@ def test_the_mfcc_svm_reference_row_learns_the_digits_of_the_speakers_it_was_giv
     assert result["accuracy"]["seen"] >= 0.95
     assert 0.0 <= result["accuracy"]["theo"] <= 1.0
     assert bench.variant_named("mfcc_svm") == bench.Variant()
+
+
+def test_the_text_bow_reference_row_reads_only_what_the_clips_say(fsdd, tmp_path):
+    """The text reference classifies the words of the new-wording clips: right on the trained
+    phrasings' texts, above chance on the held-out ones, and it refuses clips without text."""
+    bench = load_benchmark()
+    made = bench.new_wording([], tmp_path, quick=True)
+    splits, tests = made["splits"], made["tests"]
+    assert all(r["text"] for rows in splits.values() for r in rows)
+    result = bench.text_bow(splits, {"seen": splits["train"], **tests})
+    assert result["accuracy"]["seen"] == 1.0
+    assert result["accuracy"]["unseen wording"] > 2 / 14
+    digits = bench.fold_splits(bench.clips(fsdd, takes=2), "theo")
+    with pytest.raises(SystemExit, match="--check new-wording"):
+        bench.text_bow(digits, {"theo": digits["test"]})
