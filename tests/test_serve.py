@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from voxclass import Classifier, cli
 from voxclass.classifier import Prediction
 from voxclass.config import ConfigError
-from voxclass.serve import STATIC, create_app
+from voxclass.serve import STATIC, Batcher, create_app
 
 RATE = 8000  # the tone model's rate (tiny preset)
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,6 +401,50 @@ def test_one_bad_clip_fails_only_its_own_request_in_a_batch(clf, caplog):
     batches = app.state.batcher.clf.batches
     assert [len(batch) for batch in batches[:2]] == [1, 5]  # the failed forward held all five
     assert sorted(len(b) for b in batches[2:]) == [1] * 5  # then each clip alone
+
+
+def closed_loop_batches(
+    clf: Classifier, clients: int, requests: int
+) -> tuple[list[int], list[int]]:
+    """The batch sizes a Batcher runs for `clients` that each send their next request as soon
+    as the last is answered, `requests` each (every forward takes 30 ms), and how many clients
+    it still expected back as each forward started."""
+    sizes: list[int] = []
+    expected: list[int] = []
+
+    def score(pieces):
+        sizes.append(len(pieces))
+        expected.append(batcher.returning)
+        time.sleep(0.03)
+        return [np.full(len(clf.labels), 1 / len(clf.labels), np.float32)] * len(pieces)
+
+    batcher = Batcher(clf, score)
+    wave = burst(TONES["low"], 0.5, RATE)
+
+    async def client(i: int) -> None:
+        for _ in range(requests):
+            await batcher.predict(wave, f"{i}.wav", 1)
+
+    async def everyone() -> None:
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    try:
+        asyncio.run(everyone())
+    finally:
+        batcher.close()
+    return sizes, expected
+
+
+def test_clients_coming_back_from_a_forward_are_waited_for_and_a_lone_one_is_not(clf):
+    """Closed-loop clients fill whole batches: without waiting for those the last forward
+    answered, the first request goes alone and the rest alternate in two smaller batches."""
+    sizes, _ = closed_loop_batches(clf, clients=8, requests=6)
+    assert sum(sizes) == 48
+    # The first forward may start before every client has sent; the last is short when the
+    # client that started first is done first.
+    assert len(sizes) <= 8 and sizes.count(8) >= len(sizes) - 2, sizes
+    # A lone client's next request is the one the Batcher expected: nobody else is waited for.
+    assert closed_loop_batches(clf, clients=1, requests=5) == ([1] * 5, [0] * 5)
 
 
 def test_a_long_clip_delays_a_short_one_by_one_window_at_most(clf):

@@ -24,6 +24,7 @@ import logging
 import secrets
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
@@ -213,26 +214,47 @@ class Batcher:
     CPU a forward on eight short clips costs little more than on one. A longer clip is scored
     one window per forward in between (long windows gain little from batching), so a long
     upload delays a short request by one window's forward at most, never by the whole clip.
-    Requests that arrive while a forward runs join the next one; nothing waits on a timer. One
-    forward runs at a time: torch already spreads it over all cores. A forward that fails is
-    retried piece by piece, so one bad clip fails only its own request.
+    Requests that arrive while a forward runs join the next one. With `gather`, for a model in
+    the server's own process: clients whose requests the last forward answered usually send
+    their next one a moment later, and while such clients are still to come back a batch that
+    is not full waits for them a little (a quarter of the last forward's time, 50 ms at most);
+    otherwise concurrent clients settle into small alternating batches, each paying for a
+    forward while the HTTP work and the model take turns under the GIL. A lone client is never
+    waited for: its next request is the one that arrives. With a model in a process of its
+    own, the next forward starts at once instead: the child computes one batch while the
+    server parses the next, and waiting would idle both. One forward
+    runs at a time: torch already spreads it over all cores. A forward that fails is retried
+    piece by piece, so one bad clip fails only its own request.
 
     Forwards run on a thread of the Batcher's own, which starts the next forward as soon as one
     ends and hands answers to the event loop: the model never waits for the loop to finish
     parsing other requests first.
     """
 
-    def __init__(self, clf: Classifier, score: Scorer | None = None, max_batch: int = 16):
+    def __init__(
+        self,
+        clf: Classifier,
+        score: Scorer | None = None,
+        max_batch: int = 16,
+        gather: bool = True,
+    ):
         self.clf = clf
         self.score: Scorer = score or partial(score_pieces, clf)
         """Runs one forward: `worker.score_pieces` here, or `ModelProcess.score` there."""
         self.max_batch = max_batch
+        self.gather = gather
+        """Wait a little for clients coming back from the last forward (see above)."""
         self.pending: list[Clip] = []
         """Clips accepted and not yet answered, in arrival order (guarded by `work`)."""
         self.work = threading.Condition()
         """Notified when a clip arrives or `close` is called."""
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.returning = 0
+        """Requests answered by the last forward minus requests that arrived since: clients
+        likely to send their next request a moment from now (guarded by `work`)."""
+        self.last_forward = 0.0
+        """Seconds the last forward took."""
 
     async def predict(self, wave: np.ndarray, name: str, top_k: int) -> Prediction:
         """The top `top_k` labels of one wave (already at the model's rate), best first, with
@@ -242,6 +264,7 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         with self.work:
             self.pending.append(Clip(name, wave, spans, top_k, future, probs))
+            self.returning = max(0, self.returning - 1)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="voxclass-batcher")
                 self.thread.daemon = True
@@ -276,25 +299,52 @@ class Batcher:
         clip = min(self.pending, key=lambda c: len(c.spans) - c.done)
         return [(clip, clip.spans[clip.done])]
 
+    def _gather(self, batch: list) -> list:
+        """The batch, grown by the clients coming back from the last forward (see the class
+        docstring). Called holding `work`."""
+        deadline = time.monotonic() + min(self.last_forward / 4, 0.05)
+        while (
+            self.gather
+            and not self.stopping
+            and self.returning > 0
+            and len(batch) < self.max_batch
+            and len(batch[0][0].spans) == 1  # short clips: a long clip's window goes alone
+            and (left := deadline - time.monotonic()) > 0
+        ):
+            self.work.wait(left)
+            batch = self._next_batch() or batch
+        return batch
+
     def _run(self) -> None:
         while True:
             with self.work:
                 while not self.stopping and not (batch := self._next_batch()):
                     self.work.wait()
+                batch = self._gather(batch)
                 if self.stopping:
                     return
             pieces = [clip.wave[a:b] for clip, (a, b) in batch]
+            start = time.monotonic()
             try:
                 rows = self.score(pieces)
             except Exception as err:  # a scorer's own failure fails its batch, not the server
                 rows = [err] * len(pieces)
+            self.last_forward = time.monotonic() - start
+            finished = []
             for (clip, _), row in zip(batch, rows, strict=True):
                 if isinstance(row, Exception):
-                    clip.answer(error=row)
+                    finished.append((clip, row))
                     continue
                 clip.probs[clip.done] = row
                 clip.done += 1
                 if clip.done == len(clip.spans):
+                    finished.append((clip, None))
+            with self.work:  # before the answers: a client may be back before the last is sent
+                self.returning = len(finished)
+            for clip, error in finished:
+                if error is not None:
+                    clip.answer(error=error)
+                else:
                     clip.answer(
                         self.clf.prediction_of(
                             clip.name, clip.wave, clip.spans, clip.probs, clip.top_k
@@ -627,7 +677,7 @@ def create_app(
         max_channels=MAX_CHANNELS,
         option="--max-audio-seconds",
     )
-    batcher = Batcher(clf, worker.score if worker else None)
+    batcher = Batcher(clf, worker.score if worker else None, gather=worker is None)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="voxclass-decode")
 
     @asynccontextmanager
