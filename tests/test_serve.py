@@ -407,7 +407,7 @@ def closed_loop_batches(
     clf: Classifier, clients: int, requests: int
 ) -> tuple[list[int], list[int]]:
     """The batch sizes a Batcher runs for `clients` that each send their next request as soon
-    as the last is answered, `requests` each (every forward takes 30 ms), and how many clients
+    as the last is answered, `requests` each (every forward takes 100 ms), and how many clients
     it still expected back as each forward started."""
     sizes: list[int] = []
     expected: list[int] = []
@@ -415,7 +415,7 @@ def closed_loop_batches(
     def score(pieces):
         sizes.append(len(pieces))
         expected.append(batcher.returning)
-        time.sleep(0.03)
+        time.sleep(0.1)  # a client's turn-around is far shorter than the wait (25 ms)
         return [np.full(len(clf.labels), 1 / len(clf.labels), np.float32)] * len(pieces)
 
     batcher = Batcher(clf, score)

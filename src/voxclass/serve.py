@@ -222,13 +222,13 @@ class Batcher:
     forward while the HTTP work and the model take turns under the GIL. A lone client is never
     waited for: its next request is the one that arrives. With a model in a process of its
     own, the next forward starts at once instead: the child computes one batch while the
-    server parses the next, and waiting would idle both. One forward
-    runs at a time: torch already spreads it over all cores. A forward that fails is retried
-    piece by piece, so one bad clip fails only its own request.
+    server parses the next, and waiting would idle both. One forward runs at a time: torch
+    already spreads it over all cores. A forward that fails is retried piece by piece, so one
+    bad clip fails only its own request.
 
-    Forwards run on a thread of the Batcher's own, which starts the next forward as soon as one
-    ends and hands answers to the event loop: the model never waits for the loop to finish
-    parsing other requests first.
+    Forwards run on a thread of the Batcher's own, which starts the next forward once one ends
+    (after the wait above, in-process) and hands answers to the event loop: the model never
+    waits for the loop to finish parsing other requests first.
     """
 
     def __init__(
