@@ -101,7 +101,10 @@ def main() -> None:
         if not clips:
             raise SystemExit(f"{args.clips}: no .wav clips")
         export = root / "int8"
-        timed(voxclass("export", args.model, "--out", export, "--int8"))
+        # A fresh model's random weights give near-tied logits, whose top label int8 may flip:
+        # the smoke run checks the commands run, and the full run measures agreement itself.
+        check = ["--min-agreement", "0"] if args.quick else []
+        timed(voxclass("export", args.model, "--out", export, "--int8", *check))
         commands = {
             "voxclass predict, int8 ONNX export": voxclass(
                 "predict", export, args.clips, "--format", "json", "--top-k", "1"

@@ -217,6 +217,10 @@ def test_cli_export_and_its_errors(tmp_path, monkeypatch, capsys):
         export(src, tmp_path / "onnx")
     with pytest.raises(ModelError, match="no such model directory"):
         export(tmp_path / "nowhere", tmp_path / "x")
+    strict = ("--int8", "--min-agreement", "1.5")
+    code, _, err = run_cli(monkeypatch, capsys, "export", src, "--out", tmp_path / "x", *strict)
+    assert code != 0 and "--min-agreement 1.5: give a share from 0 to 1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------ inference without torch

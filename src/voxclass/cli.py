@@ -483,6 +483,7 @@ def export(config) -> None:
         int8=config.int8,
         calibrate=config.calibrate,
         calibration_limit=config.calibration_clips,
+        min_agreement=config.min_agreement,
     )
     kind = "fp32" if not report.int8 else "static int8" if report.calibration else "int8"
     _print(

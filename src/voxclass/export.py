@@ -49,6 +49,9 @@ class ExportConfig:
     set from these clips (needs --int8); a quarter of them are held out for the check."""
     calibration_clips: int = 200
     """At most this many clips from --calibrate (an even random sample, seeded)."""
+    min_agreement: float = 0.9
+    """The int8 export is kept only if it picks torch's top label on at least this share of
+    the clips it is checked on."""
 
 
 @dataclass
@@ -187,6 +190,8 @@ def export(
     at least `min_agreement` of the clips. On failure nothing is left in `out` (ModelError).
     """
     require_torch("exporting to ONNX")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ModelError(f"--min-agreement {min_agreement}: give a share from 0 to 1 (e.g. 0.99)")
     if calibrate is not None and not int8:
         raise ModelError(f"--calibrate {calibrate}: calibration is for int8; add --int8")
     out = Path(out)
