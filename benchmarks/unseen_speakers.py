@@ -152,6 +152,19 @@ def mfcc_features(path: str, rate: int = 8000) -> np.ndarray:
     return resample(np.concatenate([cepstra, deltas], axis=1), 16, axis=0).ravel()
 
 
+def fitted_row(model, inputs, splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+    """A reference row: the scikit-learn `model` fitted on `inputs(row)` of the training and
+    validation clips, then its accuracy on each of `tests`."""
+    start = time.perf_counter()
+    known = splits["train"] + splits["validation"]
+    model.fit([inputs(r) for r in known], [r["label"] for r in known])
+    accuracy = {
+        name: float(np.mean(model.predict([inputs(r) for r in rows]) == [r["label"] for r in rows]))
+        for name, rows in tests.items()
+    }
+    return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
+
+
 def mfcc_svm(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
     """The `mfcc_svm` reference row: no network, no augmentation, an RBF support vector
     machine on `mfcc_features` of the training and validation clips. It says what a classical
@@ -160,15 +173,8 @@ def mfcc_svm(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    start = time.perf_counter()
-    known = splits["train"] + splits["validation"]
     svm = make_pipeline(StandardScaler(), SVC(C=10.0))
-    svm.fit([mfcc_features(r["path"]) for r in known], [r["label"] for r in known])
-    accuracy = {}
-    for name, rows in tests.items():
-        predicted = svm.predict([mfcc_features(r["path"]) for r in rows])
-        accuracy[name] = float(np.mean(predicted == np.array([r["label"] for r in rows])))
-    return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
+    return fitted_row(svm, lambda r: mfcc_features(r["path"]), splits, tests)
 
 
 def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
@@ -180,17 +186,10 @@ def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    start = time.perf_counter()
-    known = splits["train"] + splits["validation"]
-    if not all("text" in r for r in known):
+    if not all("text" in r for r in splits["train"] + splits["validation"]):
         raise SystemExit("text_bow needs what each clip says: use it with --check new-wording")
     model = make_pipeline(CountVectorizer(), LogisticRegression(C=10.0, max_iter=2000))
-    model.fit([r["text"] for r in known], [r["label"] for r in known])
-    accuracy = {
-        name: float(np.mean(model.predict([r["text"] for r in rows]) == [r["label"] for r in rows]))
-        for name, rows in tests.items()
-    }
-    return {"accuracy": accuracy, "epochs": 0, "seconds": time.perf_counter() - start}
+    return fitted_row(model, lambda r: r["text"], splits, tests)
 
 
 REFERENCES = {"mfcc_svm": mfcc_svm, "text_bow": text_bow}
