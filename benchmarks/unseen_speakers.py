@@ -124,6 +124,11 @@ VARIANTS: dict[str, Variant] = {
     "mixup": Variant(train={"mixup": 0.4}),
     "average5": Variant(train={"average_best": 5}),
     "dropout2": Variant(model={"hidden_dropout": 0.2, "feat_proj_dropout": 0.2}),
+    # A pretrained encoder (`--preset DIR`) kept as it is below the classification head, so
+    # the classifier reads what pretraining learned (phonemes) instead of re-learning sentences.
+    "freeze2": Variant(train={"freeze_layers": 2}),
+    "freeze3": Variant(train={"freeze_layers": 3}),
+    "lr1e-4": Variant(train={"learning_rate": 1e-4}),
 }
 
 
