@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,6 +144,44 @@ def test_synthesis_that_keeps_crashing_gives_up_in_one_line(monkeypatch):
     with pytest.raises(RuntimeError, match="3 synthesis processes died"):
         for _ in range(20):
             next(stream)
+
+
+def test_init_goes_on_from_an_earlier_run_with_its_weights_and_validation_clips(
+    pretrained, tmp_path
+):
+    quiet = {"log": lambda line: None}
+    with pytest.raises(ConfigError, match="was trained with --seed 0: give another --seed"):
+        pretrain(short(tmp_path / "same", init=pretrained), **quiet)
+    with pytest.raises(ConfigError, match="not a `voxclass pretrain` output"):
+        pretrain(short(tmp_path / "x", init=tmp_path, seed=1), **quiet)
+
+    # Each run in a fresh process, as from the shell: espeak-ng carries a little state from one
+    # utterance to the next, so a process makes its validation clips bit for bit only from its
+    # start (see test_synth).
+    settings = ["--hours", "0.01", "--batch-size", "4", "--max-words", "3",
+                "--vocabulary-words", "500", "--validation-clips", "4", "--workers", "0",
+                "--warmup-steps", "2"]  # fmt: skip
+    first, more = tmp_path / "first", tmp_path / "more"
+    for args in (["--out", first], ["--out", more, "--init", first, "--seed", "1"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "voxclass", "pretrain", *map(str, args), *settings],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    earlier = json.loads((first / MARKER).read_text())
+    summary = json.loads((more / MARKER).read_text())
+    # before its first step it scores what the earlier run ended with: same weights, same clips
+    before = summary["history"][0]
+    assert before["loss"] == pytest.approx(earlier["final"]["loss"], rel=1e-4)
+    assert before["phoneme_error_rate"] == pytest.approx(earlier["final"]["phoneme_error_rate"])
+    assert summary["seeds"] == [0, 1] and summary["steps"] >= 2
+    assert summary["total_hours_heard"] == pytest.approx(
+        earlier["hours_heard"] + summary["hours_heard"]
+    )
+    card = (more / "README.md").read_text()
+    assert earlier["command"] in card and f"--init {first} --seed 1" in card
+    with pytest.raises(ConfigError, match="--seed 0"):  # the first run's seed, two runs back
+        pretrain(short(tmp_path / "third", init=more, seed=0), **quiet)
 
 
 def test_greedy_decoding_and_edit_distance():

@@ -19,6 +19,10 @@ OUT is a plain `save_pretrained` directory: `voxclass train --model OUT` (or the
 Training runs until `hours` of synthetic speech have been heard or `time_budget_minutes` have
 passed, whichever comes first; the learning rate follows a cosine over that progress. A fixed
 validation set (its own seed) gives the phoneme error rate of greedy CTC decoding.
+
+`init` goes on from an earlier output: its weights and architecture, its validation clips (so
+the phoneme error rates compare), and a new seed for the training clips (the same seed would
+say the same clips again).
 """
 
 from __future__ import annotations
@@ -88,9 +92,12 @@ class PretrainConfig:
     """Processes synthesizing clips while the model trains (0: in the training process)."""
     seed: int = 0
     """Same seed, same clips and initial weights."""
+    init: Path | None = None
+    """An earlier `voxclass pretrain` output to go on training (its weights and architecture:
+    --preset is not used); give it another --seed than that run's."""
 
 
-def check(config: PretrainConfig) -> None:
+def check(config: PretrainConfig) -> dict | None:
     """Settings that cannot work are a ConfigError before anything is made."""
     spec = PRESETS.get(config.preset)
     if spec is None or spec()[0].model_type != "wav2vec2-bert":
@@ -105,6 +112,34 @@ def check(config: PretrainConfig) -> None:
         raise ConfigError(
             f"{out}: exists and is not a `voxclass pretrain` output; give a new or empty folder"
         )
+    return earlier_run(config)
+
+
+def earlier_run(config: PretrainConfig) -> dict | None:
+    """What the `--init` run was (None without one): the commands and seeds of every run that
+    made it, the hours they heard and the preset of the first; a ConfigError if it cannot go on."""
+    if config.init is None:
+        return None
+    init = Path(config.init)
+    try:
+        summary = json.loads((init / MARKER).read_text())
+        earlier = {
+            "commands": summary.get("commands", [summary["command"]]),
+            "seeds": summary.get("seeds", [summary["config"]["seed"]]),
+            "hours_heard": summary.get("total_hours_heard", summary["hours_heard"]),
+            "preset": (summary.get("earlier") or summary["config"])["preset"],
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"--init {init}: not a `voxclass pretrain` output (no readable {MARKER}); give the "
+            "--out folder of an earlier run"
+        ) from None
+    if config.seed in earlier["seeds"]:
+        raise ConfigError(
+            f"--init {init} was trained with --seed {config.seed}: give another --seed, or the "
+            "same clips are heard again"
+        )
+    return earlier
 
 
 def word_list(size: int) -> tuple[list[str], np.ndarray]:
@@ -330,6 +365,20 @@ def evaluate(model: Any, batches: list[dict]) -> dict[str, float]:
     return {"loss": float(np.mean(losses)), "phoneme_error_rate": errors / max(total, 1)}
 
 
+def resume(init: Path, vocab: dict[str, int]):
+    """The Wav2Vec2BertForCTC of an earlier run and its extractor; a ConfigError if its phoneme
+    set is not the one this espeak-ng gives (another espeak-ng version)."""
+    from transformers import AutoFeatureExtractor, Wav2Vec2BertForCTC
+
+    earlier = json.loads((init / "vocab.json").read_text())
+    if earlier != vocab:
+        raise ConfigError(
+            f"--init {init}: its {len(earlier)} phonemes are not the {len(vocab)} this "
+            "espeak-ng says; pretrain from scratch (without --init)"
+        )
+    return Wav2Vec2BertForCTC.from_pretrained(init), AutoFeatureExtractor.from_pretrained(init)
+
+
 def build(config: PretrainConfig, vocab_size: int):
     """A fresh Wav2Vec2BertForCTC with the preset's encoder, and the preset's extractor."""
     from transformers import Wav2Vec2BertForCTC
@@ -360,14 +409,18 @@ def pretrain(config: PretrainConfig, log=print, command: str | None = None) -> d
     `command`: the command line that asked for it, for the model card."""
     import torch
 
-    check(config)
+    earlier = check(config)
     torch.manual_seed(config.seed)
     espeak = Espeak()
     voices = Voices.of(espeak)
     vocab = phoneme_vocabulary(espeak, voices.accents, word_list(VOCAB_WORDS)[0])
-    model, extractor = build(config, len(vocab))
+    if earlier is None:
+        model, extractor = build(config, len(vocab))
+    else:
+        model, extractor = resume(Path(config.init), vocab)
     rate = extractor.sampling_rate
-    validation_rng = np.random.default_rng([config.seed, 2])
+    seeds = [*(earlier["seeds"] if earlier else []), config.seed]
+    validation_rng = np.random.default_rng([seeds[0], 2])
     make = ClipMaker(config, vocab, rate)
     shortest = min_samples(extractor, sampling_rate=rate)
     validation = [
@@ -411,11 +464,16 @@ def pretrain(config: PretrainConfig, log=print, command: str | None = None) -> d
         final["train_loss"] = float(np.mean(losses[-50:]))
     history.append(final)
     log(f"done: {json.dumps(final)}")
+    command = command or command_line(config)
     summary = {
         "command": command,
+        "commands": [*(earlier["commands"] if earlier else []), command],
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "earlier": earlier,
+        "seeds": seeds,
         "steps": step,
         "hours_heard": heard / 3600,
+        "total_hours_heard": heard / 3600 + (earlier["hours_heard"] if earlier else 0.0),
         "clips": step * config.batch_size,
         "wall_seconds": seconds,
         "final": final,
@@ -455,17 +513,25 @@ def write(config: PretrainConfig, model: Any, extractor: Any, vocab: dict, summa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def command_line(config: PretrainConfig) -> str:
+    """The command that makes `config`'s run (for a run started from Python)."""
+    c = config
+    return (
+        f"voxclass pretrain --out {c.out} --hours {c.hours:g}"
+        + (f" --time-budget-minutes {c.time_budget_minutes:g}" if c.time_budget_minutes else "")
+        + (f" --init {c.init}" if c.init else f" --preset {c.preset}")
+        + f" --seed {c.seed}"
+    )
+
+
 def card(summary: dict) -> str:
     """A model card saying exactly how the encoder was made."""
     c, final = summary["config"], summary["final"]
-    command = summary["command"] or (
-        f"voxclass pretrain --out OUT --hours {c['hours']:g}"
-        + (
-            f" --time-budget-minutes {c['time_budget_minutes']:g}"
-            if c["time_budget_minutes"]
-            else ""
-        )
-        + f" --preset {c['preset']} --seed {c['seed']}"
+    commands = "\n    ".join(summary["commands"])
+    earlier = summary["earlier"]
+    preset = earlier["preset"] if earlier else c["preset"]
+    heard = f"{summary['hours_heard']:.2f} hours of speech" + (
+        f" (after {earlier['hours_heard']:.2f} hours in the runs before)" if earlier else ""
     )
     return f"""---
 library_name: transformers
@@ -473,16 +539,16 @@ tags: [audio, speech, ctc, phonemes, voxclass, synthetic-data]
 ---
 # Speech encoder pretrained by `voxclass pretrain`
 
-A Wav2Vec2-BERT conformer (`{c["preset"]}` preset: {summary["parameters"]:,} parameters) trained
+A Wav2Vec2-BERT conformer (`{preset}` preset: {summary["parameters"]:,} parameters) trained
 with CTC to recognise the {summary["phonemes"] - 2} espeak-ng phonemes of synthetic English
 speech. Use it as a backbone: `voxclass train --model THIS_FOLDER` puts a new classification
 head on the encoder.
 
 ## How it was made
 
-    {command}
+    {commands}
 
-- Data: {summary["clips"]:,} clips, {summary["hours_heard"]:.2f} hours of speech, each synthesized
+- Data: {summary["clips"]:,} clips, {heard}, each synthesized
   once, on the fly, by espeak-ng (espeakng-loader wheel): random sequences of up to
   {c["max_words"]} words from the {c["vocabulary_words"]:,} most frequent English words
   (wordfreq) and numbers; every English accent
