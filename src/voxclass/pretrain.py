@@ -94,7 +94,7 @@ class PretrainConfig:
     """Same seed, same clips and initial weights."""
     init: Path | None = None
     """An earlier `voxclass pretrain` output to go on training (its weights and architecture:
-    --preset is not used); give it another --seed than that run's."""
+    --preset is not used); give a --seed none of its runs used."""
 
 
 def check(config: PretrainConfig) -> dict | None:
