@@ -32,6 +32,8 @@ def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
     assert result["new_wording_report"]["accuracy"] == new_wording["accuracy"]
     metrics = json.loads((tmp_path / "demo/model/metrics.json").read_text())
     assert metrics["selected_on"] == "validation"
+    # the shipped pretrained encoder is what the demo fine-tunes
+    assert "model: speech-tiny" in (tmp_path / "demo/model/voxclass_config.yaml").read_text()
     assert metrics["train"]["train_clips"] == 28  # test_new_wording is not trained on
     assert len(result["predictions"]) == 2
     assert all(p.labels[0] in report["labels"] for p in result["predictions"])

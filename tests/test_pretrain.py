@@ -24,6 +24,7 @@ from voxclass.config import ConfigError
 from voxclass.model import ModelError, build_model
 from voxclass.pretrain import (
     MARKER,
+    VOCAB_WORDS,
     ClipMaker,
     PretrainConfig,
     Voices,
@@ -267,6 +268,27 @@ def test_missing_or_corrupt_shipped_weights_are_one_line_errors(
     )  # fmt: skip
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "reinstall voxclass" in err and not (tmp_path / "m").exists()
+
+
+def test_the_shipped_speech_tiny_is_a_pretrain_output_the_readme_reproduces():
+    from voxclass.model import made_by_pretrain, pretrained_dir
+
+    folder = pretrained_dir("speech-tiny")
+    summary = json.loads((folder / MARKER).read_text())
+    model, extractor = build_model("speech-tiny", ["a", "b"])
+    assert made_by_pretrain(model.config) and extractor.sampling_rate == 8000
+    assert model.config.num_labels == 2 and summary["final"]["phoneme_error_rate"] < 0.5
+    shipped = json.loads((folder / "vocab.json").read_text())
+    espeak = Espeak()
+    words = word_list(VOCAB_WORDS)[0]
+    assert shipped == phoneme_vocabulary(espeak, Voices.of(espeak).accents, words)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for command in summary.get("commands", [summary["command"]]):
+        tokens = command.split()
+        folders = {i + 1 for i, word in enumerate(tokens) if word in ("--out", "--init")}
+        options = " ".join(w for i, w in enumerate(tokens[2:], 2) if i not in folders)
+        options = options.replace("--out ", "").replace("--init ", "")
+        assert options in readme, f"the README does not say how speech-tiny was made: {options}"
 
 
 def test_speech_tiny_without_shipped_weights_says_how_to_make_them(monkeypatch, tmp_path):
