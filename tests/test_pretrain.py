@@ -185,6 +185,16 @@ def test_init_goes_on_from_an_earlier_run_with_its_weights_and_validation_clips(
         pretrain(short(tmp_path / "third", init=more, seed=0), **quiet)
 
 
+def test_init_from_an_output_without_a_recorded_command_still_lists_the_chain(tmp_path):
+    from voxclass.pretrain import UNRECORDED, earlier_run
+
+    (tmp_path / "old").mkdir()
+    summary = {"command": None, "config": {"seed": 0, "preset": "tiny"}, "hours_heard": 2.0}
+    (tmp_path / "old" / MARKER).write_text(json.dumps(summary))
+    earlier = earlier_run(short(tmp_path / "new", init=tmp_path / "old", seed=3))
+    assert earlier == {"commands": [UNRECORDED], "seeds": [0], "hours_heard": 2.0, "preset": "tiny"}
+
+
 def test_greedy_decoding_and_edit_distance():
     import torch
 

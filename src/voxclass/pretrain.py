@@ -60,6 +60,7 @@ MAX_RESTARTS = 20
 """Synthesis workers that may die (an espeak-ng crash) before pretraining gives up."""
 MARKER = "pretrain.json"
 """Written into every pretrain output: what made it, and how well it learned."""
+UNRECORDED = "(a run whose command is not on record)"
 
 
 @dataclass
@@ -124,7 +125,8 @@ def earlier_run(config: PretrainConfig) -> dict | None:
     try:
         summary = json.loads((init / MARKER).read_text())
         earlier = {
-            "commands": summary.get("commands", [summary["command"]]),
+            # an output from before --init, made from Python, has no command on record
+            "commands": summary.get("commands") or [summary["command"] or UNRECORDED],
             "seeds": summary.get("seeds", [summary["config"]["seed"]]),
             "hours_heard": summary.get("total_hours_heard", summary["hours_heard"]),
             "preset": (summary.get("earlier") or summary["config"])["preset"],
