@@ -195,6 +195,16 @@ def test_init_from_an_output_without_a_recorded_command_still_lists_the_chain(tm
     assert earlier == {"commands": [UNRECORDED], "seeds": [0], "hours_heard": 2.0, "preset": "tiny"}
 
 
+@pytest.mark.parametrize("damage", ["vocab.json", "model.safetensors"])
+def test_init_from_a_damaged_output_is_a_one_line_error(pretrained, tmp_path, damage):
+    folder = tmp_path / "damaged"
+    shutil.copytree(pretrained, folder)
+    (folder / damage).write_bytes(b"{not json or weights")
+    with pytest.raises(ConfigError, match=f"--init {folder}: its vocab.json, weights or"):
+        pretrain(short(tmp_path / "new", init=folder, seed=1), log=lambda line: None)
+    assert not (tmp_path / "new").exists()
+
+
 def test_greedy_decoding_and_edit_distance():
     import torch
 
@@ -295,9 +305,8 @@ def test_the_shipped_speech_tiny_is_a_pretrain_output_the_readme_reproduces():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for command in summary.get("commands", [summary["command"]]):
         tokens = command.split()
-        folders = {i + 1 for i, word in enumerate(tokens) if word in ("--out", "--init")}
+        folders = {j for i, w in enumerate(tokens) if w in ("--out", "--init") for j in (i, i + 1)}
         options = " ".join(w for i, w in enumerate(tokens[2:], 2) if i not in folders)
-        options = options.replace("--out ", "").replace("--init ", "")
         assert options in readme, f"the README does not say how speech-tiny was made: {options}"
 
 

@@ -99,7 +99,8 @@ class PretrainConfig:
 
 
 def check(config: PretrainConfig) -> dict | None:
-    """Settings that cannot work are a ConfigError before anything is made."""
+    """Settings that cannot work are a ConfigError before anything is made; returns what the
+    `--init` run was (`earlier_run`)."""
     spec = PRESETS.get(config.preset)
     if spec is None or spec()[0].model_type != "wav2vec2-bert":
         names = [n for n, s in PRESETS.items() if s()[0].model_type == "wav2vec2-bert"]
@@ -372,13 +373,23 @@ def resume(init: Path, vocab: dict[str, int]):
     set is not the one this espeak-ng gives (another espeak-ng version)."""
     from transformers import AutoFeatureExtractor, Wav2Vec2BertForCTC
 
-    earlier = json.loads((init / "vocab.json").read_text())
-    if earlier != vocab:
+    try:
+        earlier = json.loads((init / "vocab.json").read_text())
+        if earlier == vocab:
+            return (
+                Wav2Vec2BertForCTC.from_pretrained(init),
+                AutoFeatureExtractor.from_pretrained(init),
+            )
+    except Exception as err:  # safetensors' own error (a corrupt file) is not an OSError
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise ConfigError(
-            f"--init {init}: its {len(earlier)} phonemes are not the {len(vocab)} this "
-            "espeak-ng says; pretrain from scratch (without --init)"
-        )
-    return Wav2Vec2BertForCTC.from_pretrained(init), AutoFeatureExtractor.from_pretrained(init)
+            f"--init {init}: its vocab.json, weights or extractor cannot be read ({first}); "
+            "give the --out folder of a complete `voxclass pretrain` run"
+        ) from None
+    raise ConfigError(
+        f"--init {init}: its {len(earlier)} phonemes are not the {len(vocab)} this "
+        "espeak-ng says; pretrain from scratch (without --init)"
+    )
 
 
 def build(config: PretrainConfig, vocab_size: int):
