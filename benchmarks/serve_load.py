@@ -1,27 +1,35 @@
 """Load check for `voxclass serve`: what the server adds to the model's own cost.
 
 Starts `voxclass serve` in a subprocess on a free 127.0.0.1 port, twice: with the model in the
-server's process (`--model-process false`) and in a process of its own (the default), so both
-are measured against the same reference in one run. In this process, with no server running,
-it first times the model itself on the same clip: a bare `Classifier.predict`
-(median) and `Classifier.predict_batch` on `--clients` copies at batch `--clients` (clips/s).
-Then two loads, each request a multipart upload of the clip to /v1/classify:
-- one client sending `--requests` requests one after another: its p50 against the bare
-  predict (goal <= 1.3x: the HTTP path adds little to one request);
-- `--clients` concurrent clients sending `--requests` each: their throughput against
-  `predict_batch` at that batch size (goal >= 0.8x: batching keeps the model as busy as a
-  batch call would). Concurrent p50 is printed but not held to the bare predict: with N
-  clients waiting on 2 cores it is about N / throughput by construction.
-Each client holds one keep-alive connection and sends a request built once as bytes (as load
-generators such as wrk do), so the clients take next to no CPU from the cores the server runs
-on; an HTTP library client took about 1 ms of CPU a request here, a third of the tiny model's
-forward. The throughput reference is `predict_batch` on the server's threads and on all cores,
-whichever is faster. Prints errors, latencies, throughput, the ratios, and the CPU time per
-request of the server (its model process included) and of the clients (from /proc, so Linux
-only).
+server's process (`--model-process false`) and in a process of its own (the default). Each mode
+is measured in `--rounds` paired rounds against the model called directly in this process on the
+same clip, and each ratio is taken within its round: the machine's speed drifts over a run, and
+a reference measured once at the start moved the ratios more than the server's own figures
+moved. A round is two pairs, each reference measured just before its load:
+- a bare `Classifier.predict` (median of `--bare-runs`), then one client sending `--requests`
+  requests one after another: its p50 against the bare predict (goal <= 1.3x: the HTTP path
+  adds little to one request);
+- `Classifier.predict_batch` on `--clients` copies at batch `--clients` (clips/s), then
+  `--clients` concurrent clients sending `--requests` each: their throughput against
+  `predict_batch` (goal >= 0.8x: batching keeps the model as busy as a batch call would).
+  Concurrent p50 is printed but not held to the bare predict: with N clients waiting on 2
+  cores it is about N / throughput by construction.
+The references run while the server is up but idle (no request in flight, its model process
+waiting), on the same torch threads as the server. Each request is a multipart upload of the
+clip to /v1/classify. Each client holds one keep-alive connection and sends a request built once
+as bytes (as load generators such as wrk do), so the clients take next to no CPU from the cores
+the server runs on; an HTTP library client took about 1 ms of CPU a request here, a third of the
+tiny model's forward. The throughput reference is `predict_batch` on the server's threads and on
+all cores, whichever is faster in that round.
+
+Prints, per mode, a table of every round: the references, the server's figures and the two
+ratios, each row with its median and min-max; the goals are judged on the median ratio. Then
+each load's errors, latencies, throughput and the CPU time per request of the server (its model
+process included) and of the clients (from /proc, so Linux only), over all rounds together.
 
     python benchmarks/serve_load.py [--model DIR | --preset tiny|small] [--clients 8]
-                                    [--requests 200] [--seconds 1] [--threads N] [--quick]
+                                    [--requests 200] [--rounds 5] [--seconds 1] [--threads N]
+                                    [--quick]
     python benchmarks/serve_load.py --threads 1                           # README, tiny row
     python benchmarks/serve_load.py --preset small --requests 40 --threads 1  # README, small row
 
@@ -31,9 +39,9 @@ much faster: a multi-threaded forward waits for its slowest thread.
 
 Without --model a fresh preset model (`--preset`, default `tiny`; random weights) is built in
 a temp dir: the server's cost does not depend on what the weights learned. `--quick` (what the
-test suite runs): 1 client x 5 requests, then 2 clients x 5 requests, 5 bare runs, per mode.
-Traffic goes to 127.0.0.1 only and is bounded: at most 32 clients x 1000 requests, and each load
-stops after --deadline seconds.
+test suite runs): 2 rounds of 5 bare runs, 1 client x 5 requests, then 2 clients x 5 requests,
+per mode. Traffic goes to 127.0.0.1 only and is bounded: at most 20 rounds of 32 clients x 1000
+requests, and each load stops after --deadline seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -59,7 +70,7 @@ import torch
 from voxclass import Classifier
 from voxclass.model import build_model
 
-MAX_CLIENTS, MAX_REQUESTS = 32, 1000
+MAX_CLIENTS, MAX_REQUESTS, MAX_ROUNDS = 32, 1000, 20
 MODES = {"in-process": "false", "model process": "true"}
 """The server's two ways to run the model (`voxclass serve --model-process`), by name."""
 
@@ -102,6 +113,22 @@ def batch_clips_per_second(clf: Classifier, clip: bytes, batch: int, runs: int) 
         clf.predict_batch([clip] * batch, batch_size=batch)
         times.append(time.perf_counter() - start)
     return batch / float(np.median(times))
+
+
+def batch_rates(
+    clf: Classifier, clip: bytes, batch: int, runs: int, thread_counts: list[int]
+) -> dict[int, float]:
+    """`batch_clips_per_second` at each torch thread count; this process's threads are set back
+    after, since the next bare predict must run on the server's threads."""
+    server_threads = torch.get_num_threads()
+    rates = {}
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            rates[threads] = batch_clips_per_second(clf, clip, batch, runs)
+    finally:
+        torch.set_num_threads(server_threads)
+    return rates
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,77 +229,81 @@ def main() -> None:
         "--preset", choices=["tiny", "small"], default="tiny", help="model without --model"
     )
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=200, help="per client")
+    parser.add_argument("--requests", type=int, default=200, help="per client and round")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds per mode")
     parser.add_argument("--seconds", type=float, default=1.0, help="clip length")
-    parser.add_argument("--bare-runs", type=int, default=100)
-    parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the load")
+    parser.add_argument("--bare-runs", type=int, default=100, help="per round")
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds for each load")
     parser.add_argument("--threads", type=int, help="torch threads, here and in the server")
-    parser.add_argument("--quick", action="store_true", help="1, then 2 clients x 5 requests")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 rounds of 1, then 2 clients x 5 requests"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.requests, args.bare_runs = 2, 5, 5
-    if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.requests <= MAX_REQUESTS):
-        parser.error(f"--clients must be 1-{MAX_CLIENTS} and --requests 1-{MAX_REQUESTS}")
+        args.clients, args.requests, args.bare_runs, args.rounds = 2, 5, 5, 2
+    if not (
+        1 <= args.clients <= MAX_CLIENTS
+        and 1 <= args.requests <= MAX_REQUESTS
+        and 1 <= args.rounds <= MAX_ROUNDS
+    ):
+        parser.error(
+            f"--clients must be 1-{MAX_CLIENTS}, --requests 1-{MAX_REQUESTS}"
+            f" and --rounds 1-{MAX_ROUNDS}"
+        )
 
     env = dict(os.environ)
     all_cores = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
         env["OMP_NUM_THREADS"] = str(args.threads)  # read by torch when the server starts
+    env["PYTHONUNBUFFERED"] = "1"  # a server that never gets healthy has its log shown whole
+    # The reference for the server's throughput is the model called directly at its best:
+    # predict_batch on the server's thread count and on all cores, whichever is faster.
+    thread_counts = sorted({torch.get_num_threads(), all_cores})
     work = Path(tempfile.mkdtemp(prefix="voxclass-serve-load-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
     model_dir = args.model or fresh_model(args.preset, work / "model")
     clf = Classifier.load(model_dir)
     clip = wav_clip(args.seconds, clf.sampling_rate)
-    bare = bare_predict_seconds(clf, clip, args.bare_runs)
-    # The reference for the server's throughput is the model called directly at its best:
-    # predict_batch on the server's thread count and on all cores, whichever is faster.
-    batch_rates = {}
-    for threads in sorted({torch.get_num_threads(), all_cores}):
-        server_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        batch_rates[threads] = batch_clips_per_second(
-            clf, clip, args.clients, max(3, args.bare_runs // 10)
-        )
-        torch.set_num_threads(server_threads)
-    batch_rate = max(batch_rates.values())
 
-    env["PYTHONUNBUFFERED"] = "1"  # a server that never gets healthy has its log shown whole
-    results = {}
+    rounds: dict[str, list[Round]] = {}
     for mode, flag in MODES.items():
-        results[mode] = load_server(model_dir, clip, flag, args, env, work / f"{flag}.log")
+        with running_server(model_dir, flag, env, work / f"{flag}.log") as (url, pid):
+            # Warm-up outside the measurement: the first requests pay for lazy imports.
+            asyncio.run(run_clients(url, clip, args.clients, 2, args.deadline))
+            rounds[mode] = [
+                measure_round(clf, clip, url, pid, args, thread_counts) for _ in range(args.rounds)
+            ]
 
     title = str(args.model) if args.model else f"fresh {args.preset} model, random weights"
     print(
         f"\n{title} ({clf.backend}); {args.seconds:g} s WAV clip at {clf.sampling_rate} Hz; "
-        f"{args.requests} requests per client on 127.0.0.1; "
-        f"torch threads {torch.get_num_threads()}\n"
+        f"{args.rounds} rounds of {args.requests} requests per client on 127.0.0.1; "
+        f"torch threads {torch.get_num_threads()}"
     )
+    for mode, mode_rounds in rounds.items():
+        print_rounds(mode, mode_rounds, args.clients, thread_counts)
+
+    print("\nEach load, all rounds together:\n")
     loads = [(mode, n) for mode in MODES for n in (1, args.clients)]
+    figures = {
+        (mode, n): load_figures([r.single if n == 1 else r.concurrent for r in rounds[mode]])
+        for mode, n in loads
+    }
     print(f"{'':24}" + "".join(f"{f'{mode}, {n}':>22}" for mode, n in loads))
-    for name in results["in-process"][0]:
-        print(f"{name:24}" + "".join(f"{results[mode][n > 1][name]:>22}" for mode, n in loads))
-    print(f"\n{'bare Classifier.predict':48} {1000 * bare:.1f} ms")
-    for threads, rate in batch_rates.items():
-        name = f"predict_batch at batch {args.clients}, {threads} thread{'s' * (threads > 1)}"
-        print(f"{name:48} {rate:.1f} clips/s")
-    for mode, (single, concurrent) in results.items():
-        p50 = float(single["latency p50"].split()[0])
-        throughput = float(concurrent["throughput"].split()[0])
-        print(f"{f'{mode}: 1-client p50 / bare':48} {p50 / (1000 * bare):.2f}x (goal <= 1.3x)")
-        print(
-            f"{f'{mode}: {args.clients}-client req/s / predict_batch':48} "
-            f"{throughput / batch_rate:.2f}x (goal >= 0.8x)"
-        )
-        for error in sorted(set(single.errors + concurrent.errors))[:5]:
-            print(f"  error: {error}")
+    for name in figures[loads[0]]:
+        print(f"{name:24}" + "".join(f"{figures[load][name]:>22}" for load in loads))
+    for mode, mode_rounds in rounds.items():
+        errors = {e for r in mode_rounds for e in r.single.errors + r.concurrent.errors}
+        for error in sorted(errors)[:5]:
+            print(f"  error ({mode}): {error}")
 
 
-def load_server(
-    model_dir: Path, clip: bytes, model_process: str, args, env: dict, log: Path
-) -> tuple[Load, Load]:
-    """Start `voxclass serve --model-process MODEL_PROCESS`, then measure one client and
-    `--clients` clients; the server is stopped after."""
+@contextmanager
+def running_server(
+    model_dir: Path, model_process: str, env: dict, log: Path
+) -> Iterator[tuple[str, int]]:
+    """`voxclass serve --model-process MODEL_PROCESS`, healthy: its URL and pid. Stopped after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "voxclass", "serve", str(model_dir), "--port", str(port)]
@@ -281,20 +312,87 @@ def load_server(
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_healthy(url, server, log)
-        # Warm-up outside the measurement: the first requests pay for lazy imports.
-        asyncio.run(run_clients(url, clip, args.clients, 2, args.deadline))
-        single = measure_load(url, clip, 1, args.requests, args.deadline, server.pid)
-        concurrent = measure_load(url, clip, args.clients, args.requests, args.deadline, server.pid)
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return single, concurrent
 
 
-class Load(dict):
-    """One load's printed figures by name, and its failed requests."""
+@dataclass
+class Load:
+    """One load on the server: its clients' measurements and the CPU time it took."""
 
+    requests: int
+    latencies: list[float]  # seconds, of the successful requests
     errors: list[str]
+    wall: float
+    server_cpu: float
+    client_cpu: float
+
+    @property
+    def p50_ms(self) -> float:
+        return 1000 * float(np.median(self.latencies)) if self.latencies else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall
+
+
+@dataclass
+class Round:
+    """Two pairs, each reference measured in this process just before its load on the server."""
+
+    bare_ms: float
+    single: Load
+    batch_rates: dict[int, float]  # clips/s by torch thread count
+    concurrent: Load
+
+    @property
+    def p50_ratio(self) -> float:
+        return self.single.p50_ms / self.bare_ms
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.concurrent.throughput / max(self.batch_rates.values())
+
+
+def measure_round(
+    clf: Classifier, clip: bytes, url: str, pid: int, args, thread_counts: list[int]
+) -> Round:
+    """Reference, load, reference, load. The references run while the server is idle: no
+    request is in flight between loads, so the two never compete for the cores."""
+    bare_ms = 1000 * bare_predict_seconds(clf, clip, args.bare_runs)
+    single = measure_load(url, clip, 1, args.requests, args.deadline, pid)
+    batch_runs = max(3, args.bare_runs // 10)
+    rates = batch_rates(clf, clip, args.clients, batch_runs, thread_counts)
+    concurrent = measure_load(url, clip, args.clients, args.requests, args.deadline, pid)
+    return Round(bare_ms, single, rates, concurrent)
+
+
+def print_rounds(mode: str, rounds: list[Round], clients: int, thread_counts: list[int]) -> None:
+    """One row per figure, one column per round, then the median and min-max of the row."""
+    rows: list[tuple[str, list[float], str]] = [
+        ("bare Classifier.predict, ms", [r.bare_ms for r in rounds], "{:.1f}"),
+        ("1-client p50, ms", [r.single.p50_ms for r in rounds], "{:.1f}"),
+        ("1-client p50 / bare (goal <= 1.3x)", [r.p50_ratio for r in rounds], "{:.2f}x"),
+    ]
+    for threads in thread_counts:
+        name = f"predict_batch at batch {clients}, {threads} thread{'s' * (threads > 1)}, clips/s"
+        rows.append((name, [r.batch_rates[threads] for r in rounds], "{:.1f}"))
+    rows += [
+        (f"{clients}-client req/s", [r.concurrent.throughput for r in rounds], "{:.1f}"),
+        (
+            f"{clients}-client req/s / predict_batch (goal >= 0.8x)",
+            [r.throughput_ratio for r in rounds],
+            "{:.2f}x",
+        ),
+    ]
+    columns = [f"round {i}" for i in range(1, len(rounds) + 1)]
+    print(f"\n{mode:52}" + "".join(f"{c:>10}" for c in [*columns, "median"]) + f"{'min-max':>14}")
+    for name, values, fmt in rows:
+        cells = [fmt.format(v) for v in [*values, float(np.median(values))]]
+        spread = f"{fmt.format(min(values)).rstrip('x')}-{fmt.format(max(values))}"
+        print(f"{name:52}" + "".join(f"{c:>10}" for c in cells) + f"{spread:>14}")
 
 
 def measure_load(
@@ -305,21 +403,26 @@ def measure_load(
     wall = time.perf_counter() - start
     server_cpu = cpu_seconds(server_pid) - server_cpu
     client_cpu = sum(os.times()[:2]) - sum(client_cpu[:2])
-    total = clients * requests
+    return Load(clients * requests, latencies, errors, wall, server_cpu, client_cpu)
+
+
+def load_figures(loads: list[Load]) -> dict[str, str]:
+    """The printed figures of the same load over all rounds, as one load: latencies pooled,
+    throughput and CPU per request over the summed time and requests."""
+    total = sum(load.requests for load in loads)
+    latencies = [t for load in loads for t in load.latencies]
     ms = 1000 * np.asarray(latencies or [np.nan])
-    load = Load(
-        {
-            "requests": f"{total}",
-            "errors": f"{len(errors)}",
-            "throughput": f"{len(latencies) / wall:.1f} req/s",
-            "latency p50": f"{np.percentile(ms, 50):.1f} ms",
-            "latency p99": f"{np.percentile(ms, 99):.1f} ms",
-            "server CPU / request": f"{1000 * server_cpu / total:.1f} ms",
-            "client CPU / request": f"{1000 * client_cpu / total:.1f} ms",
-        }
-    )
-    load.errors = errors
-    return load
+    server_cpu = sum(load.server_cpu for load in loads)
+    client_cpu = sum(load.client_cpu for load in loads)
+    return {
+        "requests": f"{total}",
+        "errors": f"{sum(len(load.errors) for load in loads)}",
+        "throughput": f"{len(latencies) / sum(load.wall for load in loads):.1f} req/s",
+        "latency p50": f"{np.percentile(ms, 50):.1f} ms",
+        "latency p99": f"{np.percentile(ms, 99):.1f} ms",
+        "server CPU / request": f"{1000 * server_cpu / total:.1f} ms",
+        "client CPU / request": f"{1000 * client_cpu / total:.1f} ms",
+    }
 
 
 if __name__ == "__main__":
