@@ -55,8 +55,6 @@ FSDD = next(
 )
 FILE_NAME = re.compile(r"^(?P<digit>\d+)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$")
 CHECKS = ("speakers", "synth-digits", "new-wording")
-DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-"""What an FSDD clip says (its transcript, for `phonemes`)."""
 
 
 @dataclass
@@ -131,9 +129,6 @@ VARIANTS: dict[str, Variant] = {
     "freeze2": Variant(train={"freeze_layers": 2}),
     "freeze3": Variant(train={"freeze_layers": 3}),
     "lr1e-4": Variant(train={"learning_rate": 1e-4}),
-    # A pretrained encoder's CTC head goes on learning the clips' phonemes from their text.
-    "phonemes": Variant(train={"phoneme_loss": 0.3, "text_column": "text"}),
-    "phonemes1": Variant(train={"phoneme_loss": 1.0, "text_column": "text"}),
 }
 
 
@@ -262,24 +257,22 @@ def clips(data: Path, takes: int | None) -> list[dict]:
     for path in sorted(data.glob("*/*.wav")):
         match = FILE_NAME.match(path.name)
         if match and (takes is None or int(match["take"]) < takes):
-            text = DIGIT_WORDS[int(match["digit"])]
-            rows.append(
-                {"path": str(path.resolve()), "label": match["digit"], "text": text}
-                | match.groupdict()
-            )
+            rows.append({"path": str(path.resolve()), "label": match["digit"], **match.groupdict()})
     if not rows:
         raise SystemExit(f"{data}: no FSDD clips (<digit>/<digit>_<speaker>_<n>.wav)")
     return rows
 
 
 def write_manifest(splits: dict[str, list[dict]], manifest: Path) -> None:
-    """A CSV manifest (path, label, split, speaker, text) of the given clips."""
-    columns = ["path", "label", "speaker", "text"]
+    """A CSV manifest (path, label, split, speaker) of the given clips."""
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, [*columns, "split"])
+        writer = csv.DictWriter(f, ["path", "label", "split", "speaker"])
         writer.writeheader()
         for split, rows in splits.items():
-            writer.writerows({**{k: r[k] for k in columns}, "split": split} for r in rows)
+            writer.writerows(
+                {"path": r["path"], "label": r["label"], "split": split, "speaker": r["speaker"]}
+                for r in rows
+            )
 
 
 def fold_splits(rows: list[dict], held_out: str) -> dict[str, list[dict]]:

@@ -131,32 +131,6 @@ def test_minds14_shaped_hub_split_gets_sorted_labels(tmp_path):
     )
     assert split["label"] == ["freeze", "abroad", "balance"]
     assert split["audio"][0]["bytes"] == clips[0]["bytes"]
-    assert "text" not in split.column_names
-    said = ["freeze my card", None, "how much is left"]
-    hub = hub.add_column("transcription", said)
-    config = DataConfig(source="PolyAI/minds14", label_column="intent_class")
-    config.text_column = "transcription"
-    assert normalize_hub_split(hub, config)["text"] == ["freeze my card", "", "how much is left"]
-    config.text_column = "transcript"
-    with pytest.raises(DataError, match="'PolyAI/minds14' has no column 'transcript'"):
-        normalize_hub_split(hub, config)
-
-
-def test_text_column_keeps_what_each_clip_says_from_a_manifest_or_metadata(tone_folder, tmp_path):
-    manifest = tmp_path / "m.csv"
-    paths = sorted(tone_folder.rglob("*.wav"))
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "said"])
-        writer.writerows([p, p.parent.name, f"clip {p.stem}"] for p in paths)
-    config = DataConfig(source=str(manifest), text_column="said", allow_outside_paths=True)
-    dd = load_data(config)
-    for split in dd.values():
-        for audio, text in zip(split["audio"], split["text"], strict=True):
-            assert text == f"clip {Path(audio['path']).stem}"
-    config.text_column = "transcript"
-    with pytest.raises(DataError, match="no 'transcript' value for --text-column"):
-        load_data(config)
 
 
 def test_summary_lists_every_bad_file(tmp_path):

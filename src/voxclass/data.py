@@ -74,10 +74,6 @@ class DataConfig:
     group_pattern: str | None = None
     """Regex with a named group `(?P<group>...)` applied to the file name, e.g. FSDD's
     `^\\d+_(?P<group>[a-z]+)_`."""
-    text_column: str | None = None
-    """Manifest/metadata column (or Hub column: MInDS-14's `transcription`) saying what each
-    clip says, kept as `text` (`voxclass synth` folders have one named `text`); an empty cell:
-    not transcribed. Training uses it with --phoneme-loss."""
     test_groups: list[str] = field(default_factory=list)
     """Hold out exactly these groups as the test split (instead of a random group split)."""
     multi_label: bool = False
@@ -385,12 +381,6 @@ def normalize_hub_split(ds: Dataset, config: DataConfig) -> Dataset:
         if config.group_by not in ds.column_names:
             raise DataError(f"'{config.source}' has no column '{config.group_by}' for --group-by")
         extra["group"] = [str(v) for v in ds[config.group_by]]
-    if config.text_column:
-        if config.text_column not in ds.column_names:
-            raise DataError(
-                f"'{config.source}' has no column '{config.text_column}' for --text-column"
-            )
-        extra["text"] = [str(v or "") for v in ds[config.text_column]]
     return _dataset({"audio": audio, "label": labels, **extra})
 
 
@@ -422,18 +412,7 @@ def _rows_to_dataset(rows: list[dict], config: DataConfig) -> Dataset:
     }
     if config.group_by or config.group_pattern:
         columns["group"] = [_group_of(r, config) for r in rows]
-    if config.text_column:
-        columns["text"] = [_text_of(r, config.text_column) for r in rows]
     return _dataset(columns)
-
-
-def _text_of(row: dict, column: str) -> str:
-    if column not in row:
-        raise DataError(
-            f"{row['path']}: no '{column}' value for --text-column "
-            "(add the column to the manifest or the folder's metadata.csv)"
-        )
-    return str(row[column] or "")
 
 
 def _dataset(columns: dict[str, list]) -> Dataset:

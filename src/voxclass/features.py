@@ -251,9 +251,6 @@ class PadCollator:
     speakers: dict[str, int] | None = None
     """Speaker-adversarial training: each example's `group` as a speaker id in `speakers`
     (-100 for a group not in it), sent as `speakers`. None: no speaker ids."""
-    phonemes: bool = False
-    """Send each example's `phonemes` ids (when the examples have them), padded with -100, as
-    `phonemes`."""
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         import torch
@@ -269,8 +266,4 @@ class PadCollator:
         if self.speakers is not None:
             ids = [self.speakers.get(e.get("group"), -100) for e in examples]
             batch["speakers"] = torch.tensor(ids)
-        if self.phonemes and "phonemes" in examples[0]:
-            said = [[int(i) for i in e["phonemes"]] for e in examples]
-            width = max(1, *map(len, said))
-            batch["phonemes"] = torch.tensor([s + [-100] * (width - len(s)) for s in said])
         return batch

@@ -65,7 +65,6 @@ from .features import (
 from .metrics import trainer_metrics
 from .model import PRETRAINED_LEARNING_RATE, ModelError, build_model, made_by_pretrain
 from .noise import load_recordings
-from .phonetic import PhonemeHead, load_head, phoneme_ids
 from .presets import PRESETS
 
 
@@ -123,13 +122,6 @@ class TrainConfig(DataConfig):
     features while the encoder learns to leave it guessing, so the features stop telling the
     training speakers apart. Single-process training only; the saved model is the stock
     classifier."""
-    phoneme_loss: float = 0.0
-    """Weight of a phoneme loss learned alongside the labels (e.g. 0.3; 0: off), for an
-    encoder made by `voxclass pretrain` (speech-tiny) and data saying what its clips say
-    (--text-column; a `voxclass synth` folder's is `text`): the encoder's own CTC head goes on
-    learning each transcribed training clip's phonemes (espeak-ng, en-us), so fine-tuning
-    keeps the encoder tied to speech sounds. Single-process training only; the saved model is
-    the stock classifier."""
     mixup: float = 0.0
     """Mixup's Beta(a, a) parameter (e.g. 0.4; 0: off): each training batch is mixed with a
     shuffled copy of itself, inputs and losses weighted alike."""
@@ -411,8 +403,6 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
     }
     if "group" in train_split.column_names:
         columns["group"] = [f"synthetic {r['voice']}" for r in rows]
-    if "text" in train_split.column_names:
-        columns["text"] = [r["text"] for r in rows]
     # as in data.py: a plain struct, then cast (encoding an Audio feature needs torchcodec)
     features = Features({**train_split.features, "audio": audio_struct()})
     synthetic = Dataset.from_dict(columns, features=features)
@@ -499,10 +489,9 @@ def mix(inputs: dict, key: str, alpha: float) -> tuple[float, torch.Tensor | Non
 
 
 class VoxTrainer(Trainer):
-    """The stock Trainer with the length-grouped sampler above, optional mixup, given an
-    `adversary` a speaker-adversarial loss on the input of the model's `classifier` layer (the
-    pooled utterance features of every transformers audio classifier), and given a
-    `phoneme_head` a phoneme CTC loss on the encoder's last hidden states."""
+    """The stock Trainer with the length-grouped sampler above, optional mixup, and, given an
+    `adversary`, a speaker-adversarial loss on the input of the model's `classifier` layer (the
+    pooled utterance features of every transformers audio classifier)."""
 
     def __init__(
         self,
@@ -510,37 +499,32 @@ class VoxTrainer(Trainer):
         adversary: SpeakerAdversary | None = None,
         weight: float = 0.0,
         mixup: float = 0.0,
-        phoneme_head: PhonemeHead | None = None,
-        phoneme_weight: float = 0.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.mixup = mixup
         self.adversary = adversary.to(self.args.device) if adversary is not None else None
         self.adversary_weight = weight
-        self.phoneme_head = phoneme_head.to(self.args.device) if phoneme_head else None
-        self.phoneme_weight = phoneme_weight
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        heads = {"adversary": self.adversary, "phoneme_head": self.phoneme_head}
-        for name, head in heads.items():
-            if head is not None and not any(g.get(name) for g in optimizer.param_groups):
-                optimizer.add_param_group(
-                    {"params": list(head.parameters()), "weight_decay": 0.0, name: True}
-                )
+        if self.adversary is not None and not any(
+            g.get("adversary") for g in optimizer.param_groups
+        ):
+            optimizer.add_param_group(
+                {
+                    "params": list(self.adversary.parameters()),
+                    "weight_decay": 0.0,
+                    "adversary": True,
+                }
+            )
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         speakers = inputs.pop("speakers", None)
-        phonemes = inputs.pop("phonemes", None)
         adversarial = self.adversary is not None and speakers is not None
-        phonetic = self.phoneme_head is not None and phonemes is not None
-        if not model.training or not (adversarial or self.mixup or phonetic):
+        if not model.training or not (adversarial or self.mixup):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if phonetic:
-            inputs["output_hidden_states"] = True
-            mask = inputs.get("attention_mask")
         share, partner = mix(inputs, self.model.main_input_name, self.mixup)
         labels = inputs["labels"]  # the Trainer pops them when it has a compute_loss_func
         pooled = []  # the classifier's input, the pooled features the speaker head reads
@@ -567,13 +551,6 @@ class VoxTrainer(Trainer):
             if share < 1.0:
                 partner_loss = self.adversary.loss(pooled[0], speakers[partner], weight)
                 loss = loss + (1.0 - share) * partner_loss
-        if phonetic:
-            hidden = outputs.hidden_states[-1]
-            frames = torch.full((len(hidden),), hidden.shape[1], device=hidden.device)
-            if mask is not None:
-                frames = model._get_feat_extract_output_lengths(mask.sum(-1)).clamp(max=frames)
-            phoneme_loss = self.phoneme_head.loss(hidden, frames, phonemes.to(hidden.device))
-            loss = loss + self.phoneme_weight * phoneme_loss
         return (loss, outputs) if return_outputs else loss
 
     def label_loss(self, outputs, labels, num_items_in_batch=None):
@@ -647,34 +624,6 @@ def speaker_adversary(
         torch.manual_seed(config.seed)
         head = SpeakerAdversary(classifier.in_features, len(speakers))
     return head, {speaker: i for i, speaker in enumerate(speakers)}
-
-
-def phoneme_training(
-    config: TrainConfig, train_split: Dataset, model: Any
-) -> tuple[PhonemeHead | None, Dataset]:
-    """The phoneme head for --phoneme-loss, and the training split with each clip's phoneme
-    ids as `phonemes` ((None, the split) when it is off); an impossible setting is a
-    ConfigError before any audio is decoded."""
-    if not config.phoneme_loss:
-        return None, train_split
-    if not made_by_pretrain(model.config):
-        raise ConfigError(
-            f"--phoneme-loss needs an encoder made by `voxclass pretrain` (speech-tiny, or the "
-            f"--out folder of a run); {config.model} is not one"
-        )
-    if "text" not in train_split.column_names:
-        raise ConfigError(
-            "--phoneme-loss needs to know what each clip says: add --text-column COLUMN (the "
-            "transcript column of the manifest, metadata.csv or Hub dataset)"
-        )
-    if config.mixup:
-        raise ConfigError(
-            "--phoneme-loss and --mixup do not combine (a mixed clip says two things): drop one"
-        )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("--phoneme-loss trains in one process only: run without torchrun")
-    head, vocab = load_head(config.model, getattr(model.config, "final_dropout", 0.1))
-    return head, train_split.add_column("phonemes", phoneme_ids(train_split["text"], vocab))
 
 
 def early_stopping_start(config: TrainConfig, num_labels: int, multi_label: bool) -> float:
@@ -889,7 +838,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     model, extractor = build_model(config.model, labels, **overrides)
     small_pretrained = made_by_pretrain(model.config)
     adversary, speakers = speaker_adversary(config, dd["train"], model)
-    phoneme_head, dd["train"] = phoneme_training(config, dd["train"], model)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
     decoded = decode_data(dd, config, rate)
@@ -938,7 +886,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
             min_input_length(model),
             num_labels=len(labels) if multi else None,
             speakers=speakers,
-            phonemes=phoneme_head is not None,
         ),
         train_dataset=train_set,
         eval_dataset=eval_set,
@@ -949,8 +896,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         adversary=adversary,
         weight=config.speaker_adversary,
         mixup=config.mixup,
-        phoneme_head=phoneme_head,
-        phoneme_weight=config.phoneme_loss,
     )
     trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat EpochLog's lines
     start = time.perf_counter()
@@ -975,9 +920,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
             "real_train_clips": real_train_clips,
             "synthetic_train_clips": len(decoded["train"]) - real_train_clips,
             "adversary_speakers": len(speakers or {}),
-            "transcribed_clips": (
-                sum(map(bool, dd["train"]["phonemes"])) if phoneme_head is not None else 0
-            ),
             "test_clips": len(test_set),
         },
         "epochs": epochs,
