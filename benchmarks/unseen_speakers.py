@@ -55,6 +55,16 @@ FSDD = next(
 )
 FILE_NAME = re.compile(r"^(?P<digit>\d+)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$")
 CHECKS = ("speakers", "synth-digits", "new-wording")
+PRETRAINED_CHANGES = {
+    "use_weighted_layer_sum",
+    "classifier_proj_size",
+    "hidden_dropout",
+    "feat_proj_dropout",
+    "mask_time_prob",
+    "mask_feature_prob",
+}
+"""Model config fields a variant may change on a pretrained encoder (`from_pretrained` applies
+them over its saved config; the weights stay)."""
 
 
 @dataclass
@@ -129,6 +139,8 @@ VARIANTS: dict[str, Variant] = {
     "freeze2": Variant(train={"freeze_layers": 2}),
     "freeze3": Variant(train={"freeze_layers": 3}),
     "lr1e-4": Variant(train={"learning_rate": 1e-4}),
+    # The head reads a learned mix of every layer's output, the lower (more phonetic) ones too.
+    "layersum": Variant(model={"use_weighted_layer_sum": True}),
 }
 
 
@@ -215,8 +227,9 @@ def variant_named(name: str) -> Variant:
 @contextlib.contextmanager
 def applied(variant: Variant, preset: str) -> Iterator[str]:
     """The preset name to train, with the variant's changes in place while training runs.
-    A pretrained model (`speech-tiny`, a model directory) keeps its architecture: only the
-    training, augmentation and TrainingArguments changes apply to it."""
+    A pretrained model (`speech-tiny`, a model directory) keeps its extractor, and its model
+    config changes only where `from_pretrained` can apply them over the saved config (the
+    classification head, dropout, SpecAugment)."""
 
     def spec():
         config, extractor = preset_config(preset)
@@ -234,12 +247,20 @@ def applied(variant: Variant, preset: str) -> Iterator[str]:
             setattr(args, key, value)
         return args
 
+    def build(*a, **k):
+        return original_build(*a, **{**k, **variant.model})
+
     pretrained = preset not in PRESETS
-    if pretrained and (variant.model or variant.extractor):
-        raise SystemExit(f"{preset} is pretrained: its model and extractor cannot change")
+    if pretrained and (set(variant.model) - PRETRAINED_CHANGES or variant.extractor):
+        raise SystemExit(
+            f"{preset} is pretrained: its extractor cannot change, and of its model config "
+            f"only {', '.join(sorted(PRETRAINED_CHANGES))}"
+        )
     name = preset if pretrained else f"{preset}@bench"
-    original_arguments = train_module.training_arguments
-    if not pretrained:
+    original_arguments, original_build = train_module.training_arguments, train_module.build_model
+    if pretrained:
+        train_module.build_model = build
+    else:
         PRESETS[name] = spec
     train_module.Augment = functools.partial(Augment, **variant.augment)
     train_module.training_arguments = arguments
@@ -249,6 +270,7 @@ def applied(variant: Variant, preset: str) -> Iterator[str]:
         PRESETS.pop(f"{preset}@bench", None)
         train_module.Augment = Augment
         train_module.training_arguments = original_arguments
+        train_module.build_model = original_build
 
 
 def clips(data: Path, takes: int | None) -> list[dict]:
@@ -501,9 +523,13 @@ def main() -> None:
         "new-wording": "synthetic banking requests; accuracy on unseen voices and unseen wording",
     }
     for check in checks:
-        table(f"preset {args.preset}, {epochs}, stock pipeline: {titles[check]}", results[check],
-              seconds[check] if check != "speakers" else {
-                  k: v / len(folds) for k, v in seconds[check].items()})
+        table(
+            f"preset {args.preset}, {epochs}, stock pipeline: {titles[check]}",
+            results[check],
+            seconds[check]
+            if check != "speakers"
+            else {k: v / len(folds) for k, v in seconds[check].items()},
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def test_fold_keeps_the_held_out_speaker_out_of_training_and_validation(fsdd, tm
     bench.write_manifest(bench.fold_splits(rows, "theo"), tmp_path / "fold.csv")
     with open(tmp_path / "fold.csv") as f:
         written = list(csv.DictReader(f))
+
     def speaker(row: dict) -> str:  # <digit>_<speaker>_<take>.wav
         return Path(row["path"]).name.split("_")[1]
 
@@ -74,3 +75,26 @@ def test_the_text_bow_reference_row_reads_only_what_the_clips_say(fsdd, tmp_path
     digits = bench.fold_splits(bench.clips(fsdd, takes=2), "theo")
     with pytest.raises(SystemExit, match="--check new-wording"):
         bench.text_bow(digits, {"theo": digits["test"]})
+
+
+def test_a_pretrained_encoder_takes_head_changes_only(monkeypatch):
+    """On a pretrained encoder a variant's model changes reach `build_model` as overrides of
+    the saved config, while training runs only; an encoder or extractor change is refused."""
+    bench = load_benchmark()
+    calls = []
+
+    def fake_build(*args, **overrides):
+        calls.append(overrides)
+
+    monkeypatch.setattr(bench.train_module, "build_model", fake_build)
+    with bench.applied(bench.variant_named("layersum"), "speech-tiny") as name:
+        bench.train_module.build_model("speech-tiny", ["a"], problem_type="x")
+    assert name == "speech-tiny"
+    assert calls == [{"problem_type": "x", "use_weighted_layer_sum": True}]
+    assert bench.train_module.build_model is fake_build
+    for variant in ("stride2", "deep"):
+        with (
+            pytest.raises(SystemExit, match="is pretrained"),
+            bench.applied(bench.variant_named(variant), "speech-tiny"),
+        ):
+            pass
