@@ -262,7 +262,11 @@ def test_openapi_docs_describe_the_routes(client):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = client.get("/openapi.json").json()
     assert {"/health", "/v1/model", "/v1/classify"} <= set(schema["paths"])
-    assert "413" in schema["paths"]["/v1/classify"]["post"]["responses"]
+    answers = schema["paths"]["/v1/classify"]["post"]["responses"]
+    assert "413" in answers
+    ok = answers["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    fields = schema["components"]["schemas"][ok]["properties"]
+    assert {"source", "labels", "scores", "duration", "windows"} <= set(fields)
     assert "securitySchemes" not in schema.get("components", {})  # no token, no Authorize
 
 
