@@ -132,9 +132,10 @@ def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
 def test_static_int8_calibrated_on_clips_quantizes_the_convolutions_and_agrees(
     trained_tone_model, tmp_path
 ):
-    """--calibrate: every Conv and MatMul reads int8 weights and int8 activations (QDQ pairs,
-    which onnxruntime fuses into integer kernels), scales come from the given clips, and the
-    answers stay those of torch, on held-out clips and on fresh bursts."""
+    """--calibrate: every Conv and MatMul but the classification head's reads int8 weights
+    and int8 activations (QDQ pairs, which onnxruntime fuses into integer kernels), scales
+    come from the given clips, and the answers stay those of torch, on held-out clips and on
+    fresh bursts."""
     import onnx
 
     data = write_tone_folder(tmp_path / "clips", per_class=8)  # 24 clips: 18 calibrate, 6 check
@@ -148,10 +149,15 @@ def test_static_int8_calibrated_on_clips_quantizes_the_convolutions_and_agrees(
     graph = onnx.load(tmp_path / "int8" / "model.onnx").graph
     made_by = {out: node.op_type for node in graph.node for out in node.output}
     made_by.update({init.name: "initializer" for init in graph.initializer})
-    quantized = [n for n in graph.node if n.op_type in ("Conv", "MatMul")]
-    assert sum(n.op_type == "Conv" for n in quantized) >= 3  # the conformer's convolutions
-    for node in quantized:
-        assert [made_by.get(name) for name in node.input[:2]] == ["DequantizeLinear"] * 2, node
+    heavy = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    head = [n for n in heavy if "/projector/" in n.name or "/classifier/" in n.name]
+    assert len(head) == 2 and sum(n.op_type == "Conv" for n in heavy) >= 3  # conformer convs
+    for node in heavy:
+        inputs = [made_by.get(name) for name in node.input[:2]]
+        assert inputs == (
+            ["DequantizeLinear"] * 2 if node not in head else [inputs[0], "initializer"]
+        ), node
+    assert all(made_by.get(n.input[0]) != "DequantizeLinear" for n in head)
 
     clf, reference = Classifier.load(tmp_path / "int8"), Classifier.load(trained_tone_model)
     waves = [burst(f, s, 8000, seed=11) for f in TONES.values() for s in (0.7, 1.3)]
@@ -178,6 +184,43 @@ def test_calibration_data_errors_name_the_data(tmp_path, monkeypatch, capsys):
         export(src, tmp_path / "out", int8=True, calibrate=broken.parent)
     with pytest.raises(ModelError, match="add --int8"):
         export(src, tmp_path / "out", calibrate=empty)
+
+
+def test_static_int8_keeps_the_raw_waveform_convolution_in_float(tmp_path):
+    """A wav2vec2-style model: the convolution reading the raw waveform stays fp32 (its one
+    uint8 scale would have to span silence and shouts), the feature encoder's next ones are
+    int8, and export.json says what was kept."""
+    import onnx
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
+    from transformers import Wav2Vec2ForSequenceClassification as Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        classifier_proj_size=8,
+        num_labels=3,
+    )
+    Model(config).save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "w2v")
+    data = write_tone_folder(tmp_path / "clips", per_class=4)
+    report = export(
+        tmp_path / "w2v", tmp_path / "int8", int8=True, calibrate=data, min_agreement=0.0
+    )
+    assert "convolutions over the raw waveform" in report.calibration["kept_float"]
+
+    graph = onnx.load(tmp_path / "int8" / "model.onnx").graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    convs = {n.name: made_by.get(n.input[0]) for n in graph.node if n.op_type == "Conv"}
+    first, second = (next(v for k, v in convs.items() if f"conv_layers.{i}/" in k) for i in (0, 1))
+    assert first != "DequantizeLinear" and second == "DequantizeLinear"
 
 
 def test_exports_a_model_saved_by_plain_transformers(tmp_path):

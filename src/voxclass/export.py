@@ -298,16 +298,38 @@ STATIC_SETTINGS: dict[str, Any] = {
     "per_channel": True,
     "activations": "uint8",
     "weights": "int8",
+    "kept_float": ["convolutions over the raw waveform", "classification head"],
 }
 """What `_quantize_static` does, recorded in export.json."""
 
+HEAD_MODULES = ("projector", "classifier")
+"""transformers' names for the layers of an audio classification head (wav2vec2, HuBERT,
+WavLM, Wav2Vec2-BERT, Whisper...), as they appear in the exported graph's node names."""
+
+
+def kept_float(graph: Any) -> list[str]:
+    """Nodes of an ONNX graph that static int8 leaves in fp32: convolutions over the raw
+    waveform (one input channel, not grouped), whose input one uint8 scale covers badly from
+    silence to a shout, and the classification head, whose few narrow activations decide
+    between close scores. Both are a sliver of the compute."""
+    weights = {init.name: init for init in graph.initializer}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Conv" and node.input[1] in weights:
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if weights[node.input[1]].dims[1] == 1 and groups == 1:
+                kept.append(node.name)
+        elif node.op_type in ("MatMul", "Gemm") and set(node.name.split("/")) & set(HEAD_MODULES):
+            kept.append(node.name)
+    return kept
+
 
 def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 in QDQ form of the convolutions and matrix multiplications (weights one
-    scale per output channel; activations one scale each, from the min and max seen on
-    `feeds`, one clip each so no padding enters the ranges). onnxruntime fuses the
-    quantize/dequantize pairs into integer kernels (QLinearConv, QLinearMatMul). uint8
-    activations with int8 weights: onnxruntime's advice for x86 CPUs."""
+    """Static int8 in QDQ form of the convolutions and matrix multiplications but those of
+    `kept_float` (weights one scale per output channel; activations one scale each, from the
+    min and max seen on `feeds`, one clip each so no padding enters the ranges). onnxruntime
+    fuses the quantize/dequantize pairs into integer kernels (QLinearConv, QLinearMatMul).
+    uint8 activations with int8 weights: onnxruntime's advice for x86 CPUs."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -323,6 +345,8 @@ def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rest, None)
 
+    import onnx
+
     fp32 = path.with_name("model.fp32.onnx")
     path.rename(fp32)
     quantize_static(
@@ -331,6 +355,7 @@ def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
         Feeds(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=STATIC_SETTINGS["ops"],
+        nodes_to_exclude=kept_float(onnx.load(fp32).graph),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
