@@ -10,7 +10,8 @@ call, on the first `--latency-clips` clips. Agreement is top-1 agreement with vo
     python benchmarks/inference.py --model demo/model --rounds 3     # the README's demo table
     python benchmarks/inference.py --model-size base --rounds 2       # the README's base table
     python benchmarks/inference.py --model DIR --calibrate DATA  # + a static int8 row
-    python benchmarks/inference.py --model-size base --save-fresh DIR  # to train, then --model
+    python benchmarks/inference.py --model-size base-ln --save-fresh DIR  # to train, then --model
+    python benchmarks/inference.py --model DIR --speaker theo --clips 250  # single digits
 
 `--calibrate DATA` (a folder or manifest of clips) adds static int8 calibrated on DATA
 (`voxclass export --int8 --calibrate DATA`) beside the default dynamic int8.
@@ -61,19 +62,30 @@ def fresh_model(size: str, path: Path) -> Path:
     if size == "tiny":
         model, extractor = build_model("tiny", DIGITS)
     else:  # wav2vec2-base dimensions (95 M parameters), random weights
-        model = AutoModelForAudioClassification.from_config(Wav2Vec2Config(**label_maps(DIGITS)))
+        # base-ln: with the layer norms of wav2vec2's large models (a pre-LN transformer, the
+        # kind that trains more readily from scratch): what the README's trained base-size
+        # model starts from.
+        norms = {"do_stable_layer_norm": True, "feat_extract_norm": "layer"}
+        config = Wav2Vec2Config(**label_maps(DIGITS), **(norms if size == "base-ln" else {}))
+        model = AutoModelForAudioClassification.from_config(config)
         extractor = Wav2Vec2FeatureExtractor(return_attention_mask=False, do_normalize=True)
     model.save_pretrained(path)
     extractor.save_pretrained(path)
     return path
 
 
-def fsdd_clips(n: int, rate: int, seed: int = 0) -> list[np.ndarray]:
-    """`n` clips of 1-10 s, each a run of random FSDD digit recordings."""
+def fsdd_clips(n: int, rate: int, seed: int = 0, speaker: str | None = None) -> list[np.ndarray]:
+    """`n` clips of 1-10 s, each a run of random FSDD digit recordings; with `speaker`, `n`
+    single recordings of that speaker instead (evenly spread over the digits and takes)."""
     rng = np.random.default_rng(seed)
     files = sorted(FSDD.glob("*/*.wav")) if FSDD else []
     if not files:
         raise SystemExit("no FSDD recordings in shared/data/fsdd beside this checkout")
+    if speaker:
+        own = [f for f in files if f.stem.split("_")[1] == speaker]
+        if not own:
+            raise SystemExit(f"--speaker {speaker}: no FSDD recordings of that speaker")
+        return [load_audio(f, rate) for f in own[:: max(1, len(own) // n)][:n]]
     clips = []
     for _ in range(n):
         target = int(rng.uniform(1.0, 10.0) * rate)
@@ -110,7 +122,12 @@ def latencies_ms(run_one, clips) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="trained model dir (default: fresh model)")
-    parser.add_argument("--model-size", choices=["tiny", "base"], default="tiny")
+    parser.add_argument("--model-size", choices=["tiny", "base", "base-ln"], default="tiny")
+    parser.add_argument(
+        "--speaker",
+        help="single FSDD recordings of this speaker instead of runs of digits, for a digit "
+        "model (agreement on clips like its training clips; e.g. a held-out speaker)",
+    )
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--latency-clips", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -150,7 +167,7 @@ def main() -> None:
 
     torch_clf = Classifier.load(model_dir)
     rate = torch_clf.sampling_rate
-    clips = fsdd_clips(args.clips, rate)
+    clips = fsdd_clips(args.clips, rate, speaker=args.speaker)
     label_ids = {label: i for i, label in enumerate(torch_clf.labels)}
 
     seed = pipeline("audio-classification", model=str(model_dir), device="cpu")
@@ -193,9 +210,9 @@ def main() -> None:
 
     seconds = [len(c) / rate for c in clips]
     print(
-        f"\n{title}; {len(clips)} FSDD-concatenation clips of {min(seconds):.1f}-"
-        f"{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; clips/s: median "
-        f"of {args.rounds} interleaved rounds; latency over "
+        f"\n{title}; {len(clips)} FSDD {args.speaker or 'concatenation'} clips of "
+        f"{min(seconds):.1f}-{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; "
+        f"clips/s: median of {args.rounds} interleaved rounds; latency over "
         f"{min(args.latency_clips, len(clips))} clips\n"
     )
     header = (

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TIMEOUT = 600  # seconds per benchmark; a quick run takes well under a minute of CPU
@@ -283,3 +284,14 @@ def test_benchmark_runs_quick_and_prints_its_table(script):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     BENCHMARKS[script](run.stdout)
+
+
+def test_inference_clips_of_one_speaker_are_single_recordings_of_that_speaker():
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    from inference import FSDD, fsdd_clips
+
+    clips = fsdd_clips(5, 8000, speaker="theo")
+    theirs = sorted(FSDD.glob("*/*_theo_*.wav"))[::100]  # 500 takes, 5 asked: every 100th
+    assert [len(c) for c in clips] == [sf.info(f).frames for f in theirs]
+    with pytest.raises(SystemExit, match="--speaker nobody"):
+        fsdd_clips(5, 8000, speaker="nobody")
