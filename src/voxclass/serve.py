@@ -747,7 +747,6 @@ def create_app(
 
     @app.post(
         "/v1/classify",
-        response_model=Prediction,
         responses={
             401: {"description": "Missing or wrong bearer token"},
             413: {"description": "Upload over --max-upload-mb"},
@@ -762,7 +761,7 @@ def create_app(
     async def classify(
         file: UploadFile = File(..., description="An audio file (WAV, FLAC, OGG, MP3, ...)."),
         top_k: int = Form(5, ge=1, description="How many labels to return, best first."),
-    ) -> JSONResponse:
+    ) -> Prediction:
         """Top-k labels and scores of one clip, and its duration in seconds. Audio longer than
         the model's `max_seconds` is classified in windows: `windows` holds the timeline and the
         top-level scores are the mean over windows."""
@@ -776,16 +775,12 @@ def create_app(
         except AudioError as err:
             raise HTTPException(415, f"{name}: {err.reason}") from None
         try:
-            prediction = await batcher.predict(wave, name, top_k)
+            return await batcher.predict(wave, name, top_k)
         except Exception as err:
             log.error("classifying %s failed", name, exc_info=err)
             raise HTTPException(
                 500, f"{name}: the model failed on this clip (the server's log has the details)"
             ) from None
-        # Sent as built: FastAPI's validating and encoding of the dataclass on the way out
-        # was a large part of what HTTP adds to a lone request (response_model still
-        # documents the answer in /docs).
-        return JSONResponse(prediction.to_dict())
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
