@@ -11,7 +11,7 @@ import onnxruntime
 import pytest
 import soundfile as sf
 import torch
-from conftest import TONES, burst, free_port, run_cli, write_tone_folder
+from conftest import TONES, burst, free_port, run_cli, write_local_wav2vec2, write_tone_folder
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
@@ -191,25 +191,9 @@ def test_static_int8_keeps_the_raw_waveform_convolution_in_float(tmp_path):
     uint8 scale would have to span silence and shouts), the feature encoder's next ones are
     int8, and export.json says what was kept."""
     import onnx
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
-    from transformers import Wav2Vec2ForSequenceClassification as Model
 
     torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16),
-        conv_kernel=(10, 3),
-        conv_stride=(5, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        classifier_proj_size=8,
-        num_labels=3,
-    )
-    Model(config).save_pretrained(tmp_path / "w2v")
-    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "w2v")
+    write_local_wav2vec2(tmp_path / "w2v")
     data = write_tone_folder(tmp_path / "clips", per_class=4)
     report = export(
         tmp_path / "w2v", tmp_path / "int8", int8=True, calibrate=data, min_agreement=0.0
