@@ -198,6 +198,8 @@ def test_static_int8_keeps_the_raw_waveform_convolution_in_float(tmp_path):
     report = export(
         tmp_path / "w2v", tmp_path / "int8", int8=True, calibrate=data, min_agreement=0.0
     )
+    saved = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert saved["calibration"]["kept_float"] == report.calibration["kept_float"]
     assert "convolutions over the raw waveform" in report.calibration["kept_float"]
 
     graph = onnx.load(tmp_path / "int8" / "model.onnx").graph

@@ -330,6 +330,7 @@ def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     min and max seen on `feeds`, one clip each so no padding enters the ranges). onnxruntime
     fuses the quantize/dequantize pairs into integer kernels (QLinearConv, QLinearMatMul).
     uint8 activations with int8 weights: onnxruntime's advice for x86 CPUs."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -344,8 +345,6 @@ def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rest, None)
-
-    import onnx
 
     fp32 = path.with_name("model.fp32.onnx")
     path.rename(fp32)
