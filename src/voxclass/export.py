@@ -298,7 +298,7 @@ STATIC_SETTINGS: dict[str, Any] = {
     "per_channel": True,
     "activations": "uint8",
     "weights": "int8",
-    "kept_float": ["convolutions over the raw waveform", "classification head"],
+    "kept_float": ["convolutions over one input channel (a raw waveform)", "classification head"],
 }
 """What `_quantize_static` does, recorded in export.json."""
 
@@ -308,10 +308,11 @@ WavLM, Wav2Vec2-BERT, Whisper...), as they appear in the exported graph's node n
 
 
 def kept_float(graph: Any) -> list[str]:
-    """Nodes of an ONNX graph that static int8 leaves in fp32: convolutions over the raw
-    waveform (one input channel, not grouped), whose input one uint8 scale covers badly from
-    silence to a shout, and the classification head, whose few narrow activations decide
-    between close scores. Both are a sliver of the compute."""
+    """Nodes of an ONNX graph that static int8 leaves in fp32: convolutions over one input
+    channel, not grouped (a wav2vec2-family model's raw waveform, also AST's spectrogram
+    patches), whose input one uint8 scale covers badly from silence to a shout, and the
+    classification head, whose few narrow activations decide between close scores. Both are a
+    sliver of the compute."""
     weights = {init.name: init for init in graph.initializer}
     kept = []
     for node in graph.node:
