@@ -114,7 +114,6 @@ VARIANTS: dict[str, Variant] = {
     "specaug4": Variant(model={"mask_time_prob": 0.2, "mask_feature_prob": 0.2}),
     "speed_wide": Variant(augment={"speed": (0.7, 1.4)}),
     "speed_off": Variant(augment={"speed": (1.0, 1.0)}),
-    "reverb": Variant(augment={"reverb": 0.5}),
     "copies6": Variant(train={"augment_copies": 6}),
     # Train on random 2 s crops of a sentence: each crop must name the intent from the words
     # in it, which might push towards word-level cues instead of whole-sentence templates.

@@ -68,18 +68,6 @@ def test_augment_changes_gain_noise_and_speed():
     np.testing.assert_array_equal(still, wave)
 
 
-def test_reverb_adds_a_decaying_tail_and_keeps_the_length():
-    click = np.zeros(8000, np.float32)
-    click[100] = 1.0
-    dry = dict(probability=0.0, speed=(1.0, 1.0))
-    out = Augment(reverb=1.0, **dry)(click, np.random.default_rng(0), 8000)
-    assert out.shape == click.shape and out[100] == 1.0  # the direct sound, in place
-    tail = np.abs(out[101:])
-    assert tail[:200].mean() > 3 * tail[1400:1600].mean() > 0  # dies away (RT60 >= 0.2 s)
-    off = Augment(**dry)(click, np.random.default_rng(0), 8000)
-    np.testing.assert_array_equal(off, click)  # off by default
-
-
 def test_padding_is_per_batch_and_mask_only_where_the_extractor_gives_one():
     _, extractor = preset_config("tiny")
     stored = featurize(_clips([0.5, 1.0, 3.0]), extractor, 8000, 10)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from .audio import AudioError, load_audio, resample_to
-from .noise import from_recordings, mix_at_snr, room_impulse_response, white
+from .noise import from_recordings, mix_at_snr, white
 
 if TYPE_CHECKING:
     import torch
@@ -81,17 +80,11 @@ class Augment:
     """Random circular time shift of up to this much, either way."""
     probability: float = 0.5
     """Chance that each augmentation is applied to a clip."""
-    reverb: float = 0.0
-    """Chance that a clip is heard through a simulated room (`noise.room_impulse_response`:
-    RT60 0.2-0.7 s) before gain and noise; 0 never (the default: it did not help unseen
-    speakers, see the README)."""
 
     def __call__(self, wave: np.ndarray, rng: np.random.Generator, rate: int) -> np.ndarray:
         factor = rng.uniform(*self.speed)
         if factor != 1.0:
             wave = resample_to(wave, rate, int(rate / factor))  # played back at `rate`
-        if self.reverb and rng.random() < self.reverb:
-            wave = fftconvolve(wave, room_impulse_response(rate, rng))[: wave.size]
         if rng.random() < self.probability:
             wave = wave * 10 ** (rng.uniform(-self.gain_db, self.gain_db) / 20)
         if rng.random() < self.probability and self.shift_seconds > 0:

@@ -44,7 +44,6 @@ import yaml
 from scipy.signal import butter, fftconvolve, sosfilt
 
 from .config import ConfigError, publish_folder, recover_interrupted_write, staging_folder
-from .noise import room_impulse_response
 
 CHANNELS = ("telephone", "wideband", "room")
 SAMPLING_RATES = (8000, 16000)
@@ -348,6 +347,17 @@ class Espeak:
                 if name and not name.startswith("_"):
                     names.append(name)
         return names
+
+
+def room_impulse_response(rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A simple room: the direct sound, then exponentially decaying noise (the diffuse tail)
+    with a reverberation time (RT60) of 0.2-0.7 s and a random direct-to-reverberant ratio."""
+    rt60 = rng.uniform(0.2, 0.7)
+    t = np.arange(int(rt60 * rate)) / rate
+    tail = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)  # -60 dB at t = rt60
+    tail *= 10 ** (-rng.uniform(0, 12) / 20) / np.sqrt(np.sum(tail**2))
+    tail[0] = 1.0
+    return tail.astype(np.float32)
 
 
 def apply_channel(
