@@ -93,6 +93,9 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),
+    # Another seed for initialization and augmentation (the splits are fixed): a replicate of
+    # whatever it is added to, to tell a variant's gain from the seed's (`wide+seed1`).
+    "seed1": Variant(train={"seed": 1}),
     "noearlystop": Variant(train={"early_stopping": 0}),
     "patience10": Variant(train={"early_stopping": 10}),
     "epochs60": Variant(train={"epochs": 60}),
