@@ -93,9 +93,6 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),
-    # Another seed for initialization and augmentation (the splits are fixed): a replicate of
-    # whatever it is added to, to tell a variant's gain from the seed's (`wide+seed1`).
-    "seed1": Variant(train={"seed": 1}),
     "noearlystop": Variant(train={"early_stopping": 0}),
     "patience10": Variant(train={"early_stopping": 10}),
     "epochs60": Variant(train={"epochs": 60}),
@@ -216,15 +213,23 @@ REFERENCES = {"mfcc_svm": mfcc_svm, "text_bow": text_bow}
 """Rows that are not a voxclass recipe, for scale: `--variants baseline,mfcc_svm`."""
 
 
+def variant_part(part: str) -> Variant | None:
+    """A named variant, or `seedN`: another seed for initialization and augmentation (the
+    splits are fixed), a replicate of whatever it is added to (`wide+seed2`)."""
+    if seed := re.fullmatch(r"seed(\d+)", part):
+        return Variant(train={"seed": int(seed[1])})
+    return VARIANTS.get(part)
+
+
 def variant_named(name: str) -> Variant:
     if name in REFERENCES:
         return Variant()
-    parts = name.split("+")
-    unknown = [p for p in parts if p not in VARIANTS]
+    parts = {p: variant_part(p) for p in name.split("+")}
+    unknown = [p for p, v in parts.items() if v is None]
     if unknown:
-        known = ", ".join([*VARIANTS, *REFERENCES])
+        known = ", ".join([*VARIANTS, "seedN", *REFERENCES])
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {known}")
-    return functools.reduce(lambda a, b: a + b, (VARIANTS[p] for p in parts))
+    return functools.reduce(lambda a, b: a + b, parts.values())
 
 
 @contextlib.contextmanager

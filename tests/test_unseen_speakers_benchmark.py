@@ -49,6 +49,10 @@ def test_variants_combine_and_unknown_names_are_refused():
     assert combined.train == {"early_stopping": 0}
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.variant_named("stride2+nosuch")
+    replicate = bench.variant_named("wide+seed12")
+    assert replicate.train == {"seed": 12} and replicate.model == bench.VARIANTS["wide"].model
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.variant_named("seedx")
 
 
 def test_the_mfcc_svm_reference_row_learns_the_digits_of_the_speakers_it_was_given(fsdd):
