@@ -91,6 +91,16 @@ class Variant:
         )
 
 
+def width(hidden: int) -> dict:
+    """Model fields of a conformer `hidden` wide, feed-forward twice that (as the presets)."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "output_hidden_size": hidden,
+        "classifier_proj_size": hidden,
+    }
+
+
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),
     "noearlystop": Variant(train={"early_stopping": 0}),
@@ -121,14 +131,8 @@ VARIANTS: dict[str, Variant] = {
     "smooth": Variant(args={"label_smoothing_factor": 0.1}),
     "lr2e-3": Variant(train={"learning_rate": 2e-3}),
     "lr5e-4": Variant(train={"learning_rate": 5e-4}),
-    "wide": Variant(
-        model={
-            "hidden_size": 192,
-            "intermediate_size": 384,
-            "output_hidden_size": 192,
-            "classifier_proj_size": 192,
-        }
-    ),
+    "wide": Variant(model=width(192)),
+    "wider": Variant(model=width(256)),
     "deep": Variant(model={"num_hidden_layers": 5}),
     "adversary": Variant(train={"group_by": "speaker", "speaker_adversary": 1.0}),
     "mixup": Variant(train={"mixup": 0.4}),
