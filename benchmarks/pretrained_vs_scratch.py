@@ -12,7 +12,7 @@ learning rate), scored by stock `transformers.pipeline("audio-classification")`:
 - few-shot: 10 real FSDD clips per digit (any speaker) to train on, 3 more per digit to pick
   the best epoch, every other FSDD clip to test.
 
-    python benchmarks/pretrained_vs_scratch.py [--scratch tiny-fine] [--pretrained speech-tiny]
+    python benchmarks/pretrained_vs_scratch.py [--scratch tiny-fine-128] [--pretrained speech-tiny]
         [--tasks loso,wording,fewshot] [--folds theo,...] [--epochs 10]
         [--lock /tmp/voxclass-cpu.lock] [--quick]
 
@@ -74,7 +74,11 @@ def quick_encoder(folder: Path, lock: Path | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scratch", default="tiny-fine", help="preset trained from scratch")
+    parser.add_argument(
+        "--scratch",
+        default="tiny-fine-128",
+        help="preset trained from scratch (default: the shape of speech-tiny)",
+    )
     parser.add_argument("--pretrained", default="speech-tiny", help="speech-tiny or a folder")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"of: {', '.join(TASKS)}")
     parser.add_argument("--folds", help="held-out FSDD speakers (default: all four)")

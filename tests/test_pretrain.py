@@ -310,6 +310,21 @@ def test_the_shipped_speech_tiny_is_a_pretrain_output_the_readme_reproduces():
         assert options in readme, f"the README does not say how speech-tiny was made: {options}"
 
 
+def test_pretrain_by_default_makes_the_shape_of_the_shipped_speech_tiny():
+    """The README's command remakes speech-tiny only while the default preset has its shape."""
+    from transformers import AutoConfig
+
+    from voxclass.model import pretrained_dir
+    from voxclass.presets import preset_config
+
+    shipped = AutoConfig.from_pretrained(pretrained_dir("speech-tiny"))
+    default, extractor = preset_config(PretrainConfig(out=Path("unused")).preset)
+    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    fields += ("feature_projection_input_dim", "conv_depthwise_kernel_size")
+    assert {f: getattr(default, f) for f in fields} == {f: getattr(shipped, f) for f in fields}
+    assert extractor.sampling_rate == 8000
+
+
 def test_speech_tiny_without_shipped_weights_says_how_to_make_them(monkeypatch, tmp_path):
     monkeypatch.setattr(voxclass.model, "pretrained_dir", lambda name: tmp_path / name)
     with pytest.raises(ModelError, match="ships no weights .*`voxclass pretrain --out DIR`"):

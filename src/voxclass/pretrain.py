@@ -12,7 +12,7 @@ synthesizer also says which phonemes it speaks (`Espeak.phonemes`), so the targe
 CTC over the phoneme string teaches the encoder speech content, whoever says it, with no
 timing needed.
 
-The model is a stock `Wav2Vec2BertForCTC` with a preset's encoder (`tiny-fine` by default), so
+The model is a stock `Wav2Vec2BertForCTC` with a preset's encoder (`tiny-fine-128` by default), so
 OUT is a plain `save_pretrained` directory: `voxclass train --model OUT` (or the shipped
 `speech-tiny`) loads its encoder under a new classification head.
 
@@ -73,8 +73,9 @@ class PretrainConfig:
     """Hours of synthetic speech to train on (each clip is new)."""
     time_budget_minutes: float | None = None
     """Stop after this much wall time, even if fewer hours were heard."""
-    preset: str = "tiny-fine"
-    """Encoder architecture: a Wav2Vec2-BERT preset (tiny, tiny-fine, small)."""
+    preset: str = "tiny-fine-128"
+    """Encoder architecture: a Wav2Vec2-BERT preset (tiny, tiny-fine, tiny-fine-128, small);
+    the default is the shape of the shipped `speech-tiny`."""
     batch_size: int = 32
     """Clips per step."""
     learning_rate: float = 1e-3

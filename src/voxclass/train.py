@@ -73,7 +73,8 @@ class TrainConfig(DataConfig):
     """Everything `voxclass train` needs; the data fields come from DataConfig."""
 
     model: str = "facebook/wav2vec2-base"
-    """Hub id, local model directory, or preset name (tiny, tiny-fine, small, tiny-wav2vec2)."""
+    """Hub id, local model directory, or preset name (tiny, tiny-fine, tiny-fine-128, small,
+    tiny-wav2vec2)."""
     output: str = "model"
     """Final model directory. Checkpoints live in OUTPUT.work/ until training completes."""
     overwrite: bool = False
