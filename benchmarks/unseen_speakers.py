@@ -30,11 +30,15 @@ import contextlib
 import csv
 import fcntl
 import functools
+import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,13 +211,80 @@ def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    if not all("text" in r for r in splits["train"] + splits["validation"]):
+    clips = [*splits["train"], *splits["validation"], *(r for rows in tests.values() for r in rows)]
+    if not all("text" in r for r in clips):
         raise SystemExit("text_bow needs what each clip says: use it with --check new-wording")
     model = make_pipeline(CountVectorizer(), LogisticRegression(C=10.0, max_iter=2000))
     return fitted_row(model, lambda r: r["text"], splits, tests)
 
 
-REFERENCES = {"mfcc_svm": mfcc_svm, "text_bow": text_bow}
+SPEECH_EMBEDDING_WHEEL = ("openwakeword", "0.5.1")
+"""The PyPI wheel that carries Google's `speech_embedding` (Apache-2.0; a convolutional
+encoder trained on a large amount of real speech, converted to ONNX by openWakeWord) and its
+log-mel front end. Later releases download the files from GitHub instead of shipping them."""
+SPEECH_EMBEDDING_SHA256 = "015467e49f08b0ef8efa433690ce70566abb72f7c36501a6fa893762b4ddc559"
+SPEECH_EMBEDDING_FILES = ("melspectrogram.onnx", "embedding_model.onnx")
+EMBEDDING_SECONDS = 2.5
+"""Clips are zero-padded on both sides to at least this long: the encoder reads 76 log-mel
+frames (0.76 s) at a time, every 80 ms, so a short word gets several views of its context."""
+
+
+@functools.cache
+def speech_embedding_sessions(cache: Path = Path.home() / ".cache" / "voxclass") -> tuple:
+    """onnxruntime sessions of the front end and the encoder, read from the wheel, which is
+    fetched from the package registry once (`pip download`) and checked against its hash."""
+    import onnxruntime as ort
+
+    name, version = SPEECH_EMBEDDING_WHEEL
+    wheel = cache / f"{name}-{version}-py3-none-any.whl"
+    if not wheel.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+            + ["--only-binary=:all:", f"{name}=={version}", "-d", str(cache)],
+            check=True,
+        )
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != SPEECH_EMBEDDING_SHA256:
+        raise SystemExit(f"{wheel}: sha256 {digest}, expected {SPEECH_EMBEDDING_SHA256}; delete it")
+    with zipfile.ZipFile(wheel) as z:
+        models = [z.read(f"openwakeword/resources/models/{f}") for f in SPEECH_EMBEDDING_FILES]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    cpu = ["CPUExecutionProvider"]
+    return tuple(ort.InferenceSession(m, options, providers=cpu) for m in models)
+
+
+@functools.cache
+def speech_embedding_features(path: str) -> np.ndarray:
+    """One vector per clip: Google's `speech_embedding` (96 values per 80 ms step, each over a
+    0.76 s window) of the clip at 16 kHz, padded as `EMBEDDING_SECONDS` says, its mean and
+    maximum over the steps. The front end takes 16-bit sample values, and the embedding its
+    output scaled as openWakeWord scales it (x / 10 + 2)."""
+    front, encoder = speech_embedding_sessions()
+    wave = load_audio(path, 16000)
+    pad = max(0, int(EMBEDDING_SECONDS * 16000) - len(wave))
+    wave = np.pad(wave, (pad // 2, pad - pad // 2)) * 32767
+    mel = front.run(None, {"input": wave[None].astype(np.float32)})[0].reshape(-1, 32) / 10 + 2
+    windows = np.stack([mel[i : i + 76] for i in range(0, len(mel) - 75, 8)])
+    steps = encoder.run(None, {"input_1": windows[..., None].astype(np.float32)})[0]
+    steps = steps.reshape(len(windows), -1)
+    return np.concatenate([steps.mean(axis=0), steps.max(axis=0)])
+
+
+def speech_embedding(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+    """The `speech_embedding` reference row: an encoder pretrained on real speech by others,
+    frozen, and a logistic regression on `speech_embedding_features` of the training and
+    validation clips. It says what knowledge of many real voices is worth on the same folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
+    return fitted_row(model, lambda r: speech_embedding_features(r["path"]), splits, tests)
+
+
+REFERENCES = {"mfcc_svm": mfcc_svm, "text_bow": text_bow, "speech_embedding": speech_embedding}
 """Rows that are not a voxclass recipe, for scale: `--variants baseline,mfcc_svm`."""
 
 

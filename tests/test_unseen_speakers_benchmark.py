@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "unseen_speakers.py"
@@ -79,6 +80,33 @@ def test_the_text_bow_reference_row_reads_only_what_the_clips_say(fsdd, tmp_path
     digits = bench.fold_splits(bench.clips(fsdd, takes=2), "theo")
     with pytest.raises(SystemExit, match="--check new-wording"):
         bench.text_bow(digits, {"theo": digits["test"]})
+    with pytest.raises(SystemExit, match="--check new-wording"):  # synth-digits: real tests
+        bench.text_bow(splits, {"theo": digits["test"]})
+
+
+def test_the_speech_embedding_reference_row_learns_from_the_encoder_in_the_wheel(fsdd):
+    """The encoder comes from the package registry (the pinned wheel, checked by hash) and
+    its features are one vector per clip, the same each time; fitted on the training
+    speakers, the row is near perfect on their own clips."""
+    bench = load_benchmark()
+    splits = bench.fold_splits(bench.clips(fsdd, takes=5), "theo")
+    path = splits["test"][0]["path"]
+    features = bench.speech_embedding_features(path)
+    assert features.shape == (192,) and np.isfinite(features).all()
+    bench.speech_embedding_features.cache_clear()
+    np.testing.assert_array_equal(bench.speech_embedding_features(path), features)
+    result = bench.speech_embedding(splits, {"seen": splits["train"], "theo": splits["test"]})
+    assert result["accuracy"]["seen"] >= 0.95
+    assert 0.0 <= result["accuracy"]["theo"] <= 1.0
+    assert bench.variant_named("speech_embedding") == bench.Variant()
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path):
+    bench = load_benchmark()
+    name, version = bench.SPEECH_EMBEDDING_WHEEL
+    (tmp_path / f"{name}-{version}-py3-none-any.whl").write_bytes(b"not the wheel")
+    with pytest.raises(SystemExit, match="sha256"):
+        bench.speech_embedding_sessions(tmp_path)
 
 
 def test_a_pretrained_encoder_takes_head_changes_only(monkeypatch):
