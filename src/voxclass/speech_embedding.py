@@ -50,8 +50,10 @@ def scale_log_mel(log_mel: Tensor) -> Tensor:
 
 
 class LogMel(nn.Module):
-    """The melspectrogram.onnx front end: framed DFT as a strided convolution, power, 32 mel
-    bands, 10*log10, then a floor `top_db` below the maximum.
+    """The melspectrogram.onnx front end: framed DFT as a strided convolution (512-point DFT of
+    a 400-sample periodic Hann window centred in 512 samples, hop 160: 25 ms every 10 ms, no
+    padding), power, 32 mel bands (weights on DFT bins 2-121, 62-3781 Hz), 10*log10 after a
+    1e-10 floor, then a floor `top_db` (80) below the maximum.
 
     The ONNX graph's ReduceMax has no axes, so its maximum is over the whole batch: a quiet clip
     batched with a loud one gets a higher floor than alone. Here the maximum is over each clip's
@@ -68,7 +70,7 @@ class LogMel(nn.Module):
         top_db: float,
     ):
         super().__init__()
-        # [2 * bins, 1, n_fft]: real rows then imaginary rows, Hann window already folded in
+        # [2 * bins, 1, n_fft]: real rows then imaginary rows, window folded in
         self.register_buffer("dft", torch.cat([dft_real, dft_imag]))
         self.register_buffer("mel_matrix", mel_matrix)  # [bins, 32]
         self.hop = hop
