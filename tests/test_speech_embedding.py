@@ -1,8 +1,11 @@
 """The PyTorch port of openWakeWord's two graphs equals onnxruntime on the real graphs (fetched
 from the pinned wheel on PyPI), and its front end is per clip where the graph is per batch.
 
-Tolerance: max abs difference below 1e-5 of the reference's value range (about 80 dB for
-log-mel, about 80 for embeddings, so ~8e-4); the port measures ~3e-5 on both.
+Tolerance: max abs difference below a fraction of the reference's value range: 1e-4 for log-mel
+(80 dB range: 8e-3 dB) and 1e-5 for embeddings (range ~70-110: ~1e-3). Measured on 134 FSDD
+takes: 2e-4 dB and 3e-5. The log-mel bound is looser because bands ~75 dB below the clip's peak
+come from DFT sums that nearly cancel: there float32 puts the graph itself 1.6e-4 dB and the port
+3.6e-4 dB from a float64 computation. A real error (window, hop, floor) is off by whole dB.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from voxclass.speech_embedding import (
     scale_log_mel,
 )
 
-RELATIVE = 1e-5
+MEL_RELATIVE = 1e-4
+EMBEDDING_RELATIVE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +78,9 @@ def openwakeword_windows(spec: np.ndarray) -> np.ndarray:
     return np.stack([spec[i : i + WINDOW_FRAMES] for i in starts]).astype(np.float32)
 
 
-def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+def assert_close(got: np.ndarray, want: np.ndarray, relative: float) -> None:
     assert got.shape == want.shape
-    limit = RELATIVE * float(want.max() - want.min())
+    limit = relative * float(want.max() - want.min())
     worst = float(np.abs(got - want).max())
     assert worst < limit, f"max abs difference {worst:.3g} above {limit:.3g}"
 
@@ -91,7 +95,7 @@ def test_log_mel_equals_the_onnx_front_end(port, sessions, clips):
         want = onnx_log_mel(sessions, wave[None])
         with torch.no_grad():
             got = port.log_mel(torch.from_numpy(wave[None] * INT16_SCALE)).numpy()
-        assert_close(got, want)
+        assert_close(got, want, MEL_RELATIVE)
 
 
 def test_embed_equals_the_onnx_encoder(port, sessions, clips):
@@ -100,7 +104,7 @@ def test_embed_equals_the_onnx_encoder(port, sessions, clips):
         windows = openwakeword_windows(spec[0].numpy())
         with torch.no_grad():
             got = port.embed(torch.from_numpy(windows)).numpy()
-        assert_close(got, onnx_embed(sessions, windows))
+        assert_close(got, onnx_embed(sessions, windows), EMBEDDING_RELATIVE)
 
 
 def test_forward_equals_openwakeword_pipeline(port, sessions, clips):
@@ -111,7 +115,9 @@ def test_forward_equals_openwakeword_pipeline(port, sessions, clips):
     assert got.shape == (len(batch), 3, 96)  # 97 frames: windows at 0, 8, 16
     for wave, embeddings in zip(batch, got, strict=True):
         spec = scale_log_mel(torch.from_numpy(onnx_log_mel(sessions, wave[None])))[0].numpy()
-        assert_close(embeddings, onnx_embed(sessions, openwakeword_windows(spec)))
+        assert_close(
+            embeddings, onnx_embed(sessions, openwakeword_windows(spec)), EMBEDDING_RELATIVE
+        )
 
 
 def test_front_end_floor_is_per_clip_where_the_graph_is_per_batch(port, sessions, clips):
@@ -125,17 +131,28 @@ def test_front_end_floor_is_per_clip_where_the_graph_is_per_batch(port, sessions
         batched = port.log_mel(torch.from_numpy(pair * INT16_SCALE)).numpy()
         embedded_alone = port(torch.from_numpy(quiet[None])).numpy()
         embedded_batched = port(torch.from_numpy(pair)).numpy()
-    assert_close(batched[:1], alone)
-    assert_close(embedded_batched[:1], embedded_alone)
+    assert_close(batched[:1], alone, MEL_RELATIVE)
+    assert_close(embedded_batched[:1], embedded_alone, EMBEDDING_RELATIVE)
     # batch of one: the port is the graph
     onnx_alone = onnx_log_mel(sessions, quiet[None])
-    assert_close(alone, onnx_alone)
+    assert_close(alone, onnx_alone, MEL_RELATIVE)
     # the graph: one maximum for the whole batch, so the quiet clip's floor moves up
     onnx_batched = onnx_log_mel(sessions, pair)
     assert onnx_alone.max() - onnx_alone.min() == pytest.approx(80.0, abs=1e-3)
     assert onnx_batched.max() - onnx_batched[0].min() == pytest.approx(80.0, abs=1e-3)
     assert onnx_batched[0].min() - onnx_alone.min() > 10.0
-    assert_close(batched[1:], onnx_log_mel(sessions, pair[1:]))
+    assert_close(batched[1:], onnx_log_mel(sessions, pair[1:]), MEL_RELATIVE)
+
+
+def test_encoder_trains_and_front_end_is_frozen(port, clips):
+    """Gradients reach every encoder weight from a loss on the embeddings; the front end is
+    buffers only, so an optimiser over `parameters()` never moves it."""
+    assert not list(port.front_end.parameters())
+    port.zero_grad()
+    port(torch.from_numpy(pad_to_second(clips[0])[None])).square().mean().backward()
+    grads = [p.grad for p in port.encoder.parameters()]
+    assert len(grads) == 39 and all(g is not None and g.abs().sum() > 0 for g in grads)
+    port.zero_grad()
 
 
 def test_from_onnx_refuses_a_graph_it_does_not_mirror(graphs):
