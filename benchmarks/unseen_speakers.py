@@ -30,15 +30,11 @@ import contextlib
 import csv
 import fcntl
 import functools
-import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +145,10 @@ VARIANTS: dict[str, Variant] = {
     "lr1e-4": Variant(train={"learning_rate": 1e-4}),
     # The head reads a learned mix of every layer's output, the lower (more phonetic) ones too.
     "layersum": Variant(model={"use_weighted_layer_sum": True}),
+    # No gain, noise, time shift or speed perturbation in training.
+    "noaugment": Variant(train={"augment": False}),
+    # `speech-embedding`: fine-tune the encoder too, at a rate for pretrained weights.
+    "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 1e-4}),
 }
 
 
@@ -218,41 +218,23 @@ def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
     return fitted_row(model, lambda r: r["text"], splits, tests)
 
 
-SPEECH_EMBEDDING_WHEEL = ("openwakeword", "0.5.1")
-"""The PyPI wheel that carries Google's `speech_embedding` (Apache-2.0; a convolutional
-encoder trained on a large amount of real speech, converted to ONNX by openWakeWord) and its
-log-mel front end. Later releases download the files from GitHub instead of shipping them."""
-SPEECH_EMBEDDING_SHA256 = "015467e49f08b0ef8efa433690ce70566abb72f7c36501a6fa893762b4ddc559"
-SPEECH_EMBEDDING_FILES = ("melspectrogram.onnx", "embedding_model.onnx")
 EMBEDDING_SECONDS = 2.5
 """Clips are zero-padded on both sides to at least this long: the encoder reads 76 log-mel
 frames (0.76 s) at a time, every 80 ms, so a short word gets several views of its context."""
 
 
 @functools.cache
-def speech_embedding_sessions(cache: Path = Path.home() / ".cache" / "voxclass") -> tuple:
-    """onnxruntime sessions of the front end and the encoder, read from the wheel, which is
-    fetched from the package registry once (`pip download`) and checked against its hash."""
+def speech_embedding_sessions() -> tuple:
+    """onnxruntime sessions of openWakeWord's two graphs (the front end and Google's
+    `speech_embedding` encoder), from the pinned wheel (`voxclass.speech_embedding_onnx`)."""
     import onnxruntime as ort
 
-    name, version = SPEECH_EMBEDDING_WHEEL
-    wheel = cache / f"{name}-{version}-py3-none-any.whl"
-    if not wheel.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-            + ["--only-binary=:all:", f"{name}=={version}", "-d", str(cache)],
-            check=True,
-        )
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != SPEECH_EMBEDDING_SHA256:
-        raise SystemExit(f"{wheel}: sha256 {digest}, expected {SPEECH_EMBEDDING_SHA256}; delete it")
-    with zipfile.ZipFile(wheel) as z:
-        models = [z.read(f"openwakeword/resources/models/{f}") for f in SPEECH_EMBEDDING_FILES]
+    from voxclass.speech_embedding_onnx import fetch_onnx
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     cpu = ["CPUExecutionProvider"]
-    return tuple(ort.InferenceSession(m, options, providers=cpu) for m in models)
+    return tuple(ort.InferenceSession(m, options, providers=cpu) for m in fetch_onnx())
 
 
 @functools.cache
@@ -392,8 +374,11 @@ def fold_splits(rows: list[dict], held_out: str) -> dict[str, list[dict]]:
 
 def pipeline_accuracy(model_dir: Path, rows: list[dict]) -> float:
     """Accuracy of stock `pipeline("audio-classification")` on the clips (decoded at the
-    model's rate, as the pipeline does not resample without torchaudio)."""
-    classify = pipeline("audio-classification", model=str(model_dir), device="cpu")
+    model's rate, as the pipeline does not resample without torchaudio). A model type that
+    transformers does not have (`speech-embedding`) runs the code saved in its folder."""
+    classify = pipeline(
+        "audio-classification", model=str(model_dir), device="cpu", trust_remote_code=True
+    )
     rate = classify.feature_extractor.sampling_rate
     inputs = [{"raw": load_audio(r["path"], rate), "sampling_rate": rate} for r in rows]
     predicted = [p[0]["label"] for p in classify(inputs, top_k=1)]
@@ -546,7 +531,8 @@ def main() -> None:
     parser.add_argument(
         "--preset",
         default="tiny",
-        help=f"{', '.join(PRESETS)}, speech-tiny, or a `voxclass pretrain` output folder",
+        help=f"{', '.join(PRESETS)}, speech-tiny, speech-embedding, or a `voxclass pretrain` "
+        "output folder",
     )
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs (screening)")

@@ -260,14 +260,16 @@ def test_train_speech_tiny_fine_tunes_and_loads_in_pipeline(
 
 
 def test_speech_tiny_uses_the_pretrained_learning_rate(shipped):
-    from voxclass.model import PRETRAINED_LEARNING_RATE, made_by_pretrain
+    from voxclass.model import PRETRAINED_LEARNING_RATE, fine_tuning_rate, made_by_pretrain
     from voxclass.train import TrainConfig, training_arguments
 
     model, _ = build_model("speech-tiny", ["a", "b"])
     assert made_by_pretrain(model.config)
+    assert fine_tuning_rate(model.config) == PRETRAINED_LEARNING_RATE
     config = TrainConfig(source="unused", model="speech-tiny")
-    args = training_arguments(config, from_scratch=False, small_pretrained=True)
+    args = training_arguments(config, from_scratch=False, pretrained_rate=PRETRAINED_LEARNING_RATE)
     assert args.learning_rate == PRETRAINED_LEARNING_RATE and args.num_train_epochs == 10
+    assert training_arguments(config, from_scratch=False).learning_rate == 5e-5
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])

@@ -17,16 +17,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import run_cli, write_tone_folder
 
 from voxclass.audio import load_audio
-from voxclass.speech_embedding import (
-    INT16_SCALE,
-    WINDOW_FRAMES,
-    WINDOW_STEP,
-    fetch_onnx,
-    from_onnx,
-    scale_log_mel,
-)
+from voxclass.speech_embedding import INT16_SCALE, WINDOW_FRAMES, WINDOW_STEP, scale_log_mel
+from voxclass.speech_embedding_onnx import fetch_onnx, from_onnx
 
 MEL_RELATIVE = 1e-4
 EMBEDDING_RELATIVE = 1e-5
@@ -103,7 +98,7 @@ def test_embed_equals_the_onnx_encoder(port, sessions, clips):
         spec = scale_log_mel(torch.from_numpy(onnx_log_mel(sessions, pad_to_second(wave)[None])))
         windows = openwakeword_windows(spec[0].numpy())
         with torch.no_grad():
-            got = port.embed(torch.from_numpy(windows)).numpy()
+            got = port.embed(torch.from_numpy(windows))[:, 0].numpy()
         assert_close(got, onnx_embed(sessions, windows), EMBEDDING_RELATIVE)
 
 
@@ -167,5 +162,131 @@ def test_from_onnx_refuses_a_graph_it_does_not_mirror(graphs):
 
 def test_fetch_onnx_checks_the_wheel_hash(tmp_path):
     (tmp_path / "openwakeword-0.5.1-py3-none-any.whl").write_bytes(b"not the wheel")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(OSError, match="sha256"):
         fetch_onnx(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """`speech-embedding` as `voxclass train` builds it: the wheel's weights, a new head."""
+    from voxclass.model import build_model
+
+    model, extractor = build_model("speech-embedding", ["a", "b", "c"])
+    return model.eval(), extractor
+
+
+def test_the_preset_carries_the_wheels_weights_and_trains_only_its_head(classifier, port):
+    from voxclass.model import HEAD_LEARNING_RATE, fine_tuning_rate
+    from voxclass.train import freeze_pretrained_encoder
+
+    model, extractor = classifier
+    wheel = port.state_dict()
+    for name, value in model.speech_embedding.state_dict().items():
+        assert torch.equal(value, wheel[name]), name
+    assert extractor.sampling_rate == 16000 and not extractor.do_normalize
+    assert fine_tuning_rate(model.config) == HEAD_LEARNING_RATE
+    assert freeze_pretrained_encoder(model, from_scratch=False, enabled=True)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"norm", "classifier"}
+    for parameter in model.parameters():
+        parameter.requires_grad = True
+
+
+def test_pooled_features_are_the_mean_and_maximum_of_the_padded_clips_windows(
+    classifier, sessions, clips
+):
+    """The model's pooled vector for a clip is openWakeWord's own windows (ONNX graphs) over
+    the clip with `context_seconds` of silence on each side: their mean, then their maximum."""
+    model, _ = classifier
+    context = round(model.config.context_seconds * 16000)
+    for wave in clips[:2]:
+        padded = np.pad(wave, (context, context))
+        spec = scale_log_mel(torch.from_numpy(onnx_log_mel(sessions, padded[None])))[0].numpy()
+        steps = onnx_embed(sessions, openwakeword_windows(spec))
+        want = np.concatenate([steps.mean(axis=0), steps.max(axis=0)])
+        with torch.no_grad():
+            got = model.pooled(torch.from_numpy(wave[None])).numpy()[0]
+        assert_close(got, want, EMBEDDING_RELATIVE)
+
+
+def test_a_clip_scores_the_same_alone_and_in_a_padded_batch(classifier, clips):
+    """Batch padding (zeros after a clip, masked out) changes no clip's logits."""
+    model, extractor = classifier
+    waves = [clips[0], clips[-1], clips[1][: len(clips[1]) // 3]]
+    with torch.no_grad():
+        batch = extractor(waves, sampling_rate=16000, padding=True, return_tensors="pt")
+        together = model(**batch).logits
+        for i, wave in enumerate(waves):
+            alone = model(**extractor(wave, sampling_rate=16000, return_tensors="pt")).logits
+            torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_the_context_fills_a_window_even_for_the_shortest_clip(classifier):
+    from voxclass.speech_embedding import MIN_CONTEXT_SECONDS, SpeechEmbeddingConfig
+
+    model, extractor = classifier
+    with torch.no_grad():
+        blip = extractor(np.full(80, 0.1, np.float32), sampling_rate=16000, return_tensors="pt")
+        assert torch.isfinite(model(**blip).logits).all()
+    with pytest.raises(ValueError, match="context_seconds"):
+        SpeechEmbeddingConfig(context_seconds=MIN_CONTEXT_SECONDS - 0.01)
+
+
+def test_an_unreachable_registry_is_a_one_line_error(tmp_path, monkeypatch):
+    import subprocess
+
+    import voxclass.speech_embedding_onnx as wheel
+    from voxclass.model import ModelError, build_model
+
+    refused = "ERROR: No matching distribution found for openwakeword==0.5.1"
+    monkeypatch.setattr(wheel, "CACHE", tmp_path / "empty")
+    monkeypatch.setattr(
+        wheel.subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", refused)
+    )
+    with pytest.raises(ModelError) as caught:
+        build_model("speech-embedding", ["a", "b"])
+    message = str(caught.value)
+    assert "\n" not in message and refused in message
+    assert "pip download --no-deps openwakeword==0.5.1" in message
+
+
+def test_trained_folder_runs_in_stock_pipeline_without_voxclass_and_exports(
+    tmp_path, monkeypatch, capsys
+):
+    """`voxclass train --model speech-embedding` writes a folder that stock transformers loads
+    from the code saved in it (no voxclass import), with the same scores as voxclass's own
+    model; `voxclass export` makes an ONNX model that agrees with it."""
+    import json
+    import subprocess
+    import sys
+
+    from voxclass.classifier import Classifier
+
+    data = write_tone_folder(tmp_path / "tones", per_class=4, splits=True)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", "--data", data, "--model", "speech-embedding",
+        "--output", tmp_path / "m", "--epochs", "1", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "m" / "speech_embedding.py").is_file()
+    clip = next((data / "test").glob("*/*.wav"))
+    script = f"""
+import json, sys
+import soundfile as sf, soxr
+from transformers import pipeline
+classify = pipeline("audio-classification", model={str(tmp_path / "m")!r}, trust_remote_code=True)
+wave, rate = sf.read({str(clip)!r}, dtype="float32")
+top = classify({{"raw": soxr.resample(wave, rate, 16000), "sampling_rate": 16000}}, top_k=3)
+print(json.dumps({{"voxclass": "voxclass" in sys.modules, "top": top}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    stock = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not stock["voxclass"]
+    own = Classifier.load(tmp_path / "m").predict(clip, top_k=3)
+    assert [p["label"] for p in stock["top"]] == own.labels
+    np.testing.assert_allclose([p["score"] for p in stock["top"]], own.scores, atol=1e-4)
+    code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path / "m", "--out", tmp_path / "x")
+    assert code == 0, err
+    exported = Classifier.load(tmp_path / "x").predict(clip, top_k=3)
+    assert exported.labels == own.labels

