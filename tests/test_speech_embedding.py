@@ -260,6 +260,7 @@ def test_trained_folder_runs_in_stock_pipeline_without_voxclass_and_exports(
     import subprocess
     import sys
 
+    from voxclass import extractors
     from voxclass.classifier import Classifier
 
     data = write_tone_folder(tmp_path / "tones", per_class=4, splits=True)
@@ -288,5 +289,6 @@ print(json.dumps({{"voxclass": "voxclass" in sys.modules, "top": top}}))
     np.testing.assert_allclose([p["score"] for p in stock["top"]], own.scores, atol=1e-4)
     code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path / "m", "--out", tmp_path / "x")
     assert code == 0, err
+    assert extractors.load(tmp_path / "x") is not None  # predicts without transformers
     exported = Classifier.load(tmp_path / "x").predict(clip, top_k=3)
     assert exported.labels == own.labels
