@@ -148,7 +148,7 @@ VARIANTS: dict[str, Variant] = {
     # No gain, noise, time shift or speed perturbation in training.
     "noaugment": Variant(train={"augment": False}),
     # `speech-embedding`: fine-tune the encoder too, at a rate for pretrained weights.
-    "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 1e-4}),
+    "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 3e-4}),
 }
 
 
