@@ -145,8 +145,6 @@ VARIANTS: dict[str, Variant] = {
     "lr1e-4": Variant(train={"learning_rate": 1e-4}),
     # The head reads a learned mix of every layer's output, the lower (more phonetic) ones too.
     "layersum": Variant(model={"use_weighted_layer_sum": True}),
-    # No gain, noise, time shift or speed perturbation in training.
-    "noaugment": Variant(train={"augment": False}),
     # `speech-embedding`: fine-tune the encoder too, at a rate for pretrained weights.
     "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 3e-4}),
 }
@@ -220,7 +218,8 @@ def text_bow(splits: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dic
 
 EMBEDDING_SECONDS = 2.5
 """Clips are zero-padded on both sides to at least this long: the encoder reads 76 log-mel
-frames (0.76 s) at a time, every 80 ms, so a short word gets several views of its context."""
+frames (0.78 s of audio) at a time, every 80 ms, so a short word gets several views of its
+context."""
 
 
 @functools.cache
@@ -240,7 +239,7 @@ def speech_embedding_sessions() -> tuple:
 @functools.cache
 def speech_embedding_features(path: str) -> np.ndarray:
     """One vector per clip: Google's `speech_embedding` (96 values per 80 ms step, each over a
-    0.76 s window) of the clip at 16 kHz, padded as `EMBEDDING_SECONDS` says, its mean and
+    0.78 s window) of the clip at 16 kHz, padded as `EMBEDDING_SECONDS` says, its mean and
     maximum over the steps. The front end takes 16-bit sample values, and the embedding its
     output scaled as openWakeWord scales it (x / 10 + 2)."""
     front, encoder = speech_embedding_sessions()

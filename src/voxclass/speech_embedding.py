@@ -8,7 +8,7 @@ is exact up to float rounding, with one chosen difference: the front end's 80 dB
 per clip, where the ONNX graph takes it over the whole batch (see `LogMel`).
 
     wave in [-1, 1] at 16 kHz -> * 32767 -> log-mel (dB) -> / 10 + 2 -> encoder: one 96-value
-    embedding per 76 frames (0.76 s) every 8 frames (80 ms) -> their mean and maximum over
+    embedding per 76 frames (0.78 s) every 8 frames (80 ms) -> their mean and maximum over
     the clip -> layer norm -> linear head
 
 This file imports only torch and transformers, and nothing of voxclass: `save_pretrained`
