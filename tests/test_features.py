@@ -7,9 +7,11 @@ from voxclass.features import (
     Augment,
     PadCollator,
     crop,
+    extract_one,
     featurize,
     max_seconds_for,
     min_input_length,
+    pad_batch,
 )
 from voxclass.presets import preset_config
 
@@ -139,3 +141,25 @@ def test_augment_mixes_in_the_given_noise_recordings_instead_of_white_noise():
     added = out.astype(np.float64) - wave
     assert np.ptp(added) < 1e-6  # the constant recording, not white noise
     assert np.isclose(np.mean(added**2), np.mean(wave.astype(np.float64) ** 2), rtol=1e-3)  # 0 dB
+
+
+def test_the_model_sees_what_pipeline_lets_it_see():
+    """SeamlessM4T pads an odd count of mel frames to an even one and masks the stacked frame
+    holding the pad: `extract_one` drops that frame, so a batch of one (every frame unmasked)
+    scores as transformers' own extractor output does with its mask (as `pipeline` runs it)."""
+    from voxclass.model import build_model
+
+    torch.manual_seed(0)
+    model, extractor = build_model("tiny-fine", ["a", "b", "c"])  # stride 2
+    model.eval()
+    rate = extractor.sampling_rate
+    for mel_frames in (49, 48):  # 400-sample frames every 160 samples
+        samples = 400 + 160 * (mel_frames - 1)
+        wave = np.random.default_rng(samples).standard_normal(samples).astype(np.float32) / 10
+        theirs = extractor(wave, sampling_rate=rate, return_tensors="pt")
+        ours = pad_batch(extractor, [extract_one(extractor, wave, rate)])
+        padded = theirs["attention_mask"].shape[1] - int(theirs["attention_mask"].sum())
+        assert padded == mel_frames % 2  # the odd count's last stacked frame is masked
+        assert ours["attention_mask"].shape[1] == int(theirs["attention_mask"].sum())
+        with torch.no_grad():
+            torch.testing.assert_close(model(**ours).logits, model(**theirs).logits)

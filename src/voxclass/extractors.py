@@ -40,10 +40,20 @@ class _Features:
     def features(self, wave: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def own_frames(self, samples: int, frames: int) -> int:
+        """How many of a clip's `frames` (from `samples`) its attention mask keeps."""
+        return frames
+
     def __call__(self, wave: np.ndarray, sampling_rate: int) -> dict[str, list[np.ndarray]]:
         if sampling_rate != self.sampling_rate:
             raise ValueError(f"expects {self.sampling_rate} Hz audio, got {sampling_rate} Hz")
-        return {self.model_input_names[0]: [self.features(np.asarray(wave, np.float32))]}
+        features = self.features(np.asarray(wave, np.float32))
+        out = {self.model_input_names[0]: [features]}
+        if self.return_attention_mask:
+            mask = np.zeros(len(features), np.int32)
+            mask[: self.own_frames(len(wave), len(features))] = 1
+            out["attention_mask"] = [mask]
+        return out
 
     def pad(
         self,
@@ -127,6 +137,12 @@ class SeamlessM4TFeatures(_Features):
             x = np.concatenate([x, np.full((1, x.shape[1]), self.padding_value, x.dtype)])
         usable = len(x) - len(x) % self.stride  # ... then drops what does not fill a stride
         return x[:usable].reshape(usable // self.stride, x.shape[1] * self.stride)
+
+    def own_frames(self, samples: int, frames: int) -> int:
+        """transformers masks a stacked frame unless its second mel frame is the clip's own
+        (not the frame padded on to an even count)."""
+        mel_frames = int(1 + np.floor((samples - 400) / 160))
+        return sum(1 for k in range(frames) if self.stride * k + 1 < mel_frames)
 
 
 def _config(path: Path) -> SimpleNamespace | None:

@@ -109,12 +109,19 @@ def extract_one(
 
     One clip per call: given a list, SeamlessM4T pads every clip to the longest before
     stacking frames (and drops leftover frames), so a clip's features would depend on its
-    neighbours. Batches are padded afterwards by `pad_batch`.
+    neighbours. Batches are padded afterwards by `pad_batch`, whose attention mask covers
+    every frame returned here: so frames the extractor's own mask leaves out (SeamlessM4T
+    pads an odd count of mel frames by one and masks the stacked frame holding it) are
+    dropped, which gives the model exactly what `pipeline` lets it see.
     """
     if len(wave) < min_samples:
         wave = np.pad(wave, (0, min_samples - len(wave)))
     name = extractor.model_input_names[0]
-    return np.asarray(extractor(wave, sampling_rate=sampling_rate)[name][0], dtype=np.float32)
+    out = extractor(wave, sampling_rate=sampling_rate)
+    features = np.asarray(out[name][0], dtype=np.float32)
+    if "attention_mask" in out:
+        features = features[: int(np.sum(out["attention_mask"][0]))]
+    return features
 
 
 def receptive_field(config: Any) -> int:
