@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,3 +182,21 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         cli.main()
     out, err = capsys.readouterr()
     return exit_info.value.code or 0, out, err
+
+
+def stock_pipeline_top(model_dir: Path, clip: Path, rate: int, top_k: int = 3) -> dict:
+    """Stock `pipeline("audio-classification", trust_remote_code=True)` on `clip` (resampled to
+    `rate`) in a fresh interpreter: {"voxclass": whether voxclass got imported, "top": its top_k
+    answers}."""
+    script = f"""
+import json, sys
+import soundfile as sf, soxr
+from transformers import pipeline
+classify = pipeline("audio-classification", model={str(model_dir)!r}, trust_remote_code=True)
+wave, rate = sf.read({str(clip)!r}, dtype="float32")
+top = classify({{"raw": soxr.resample(wave, rate, {rate}), "sampling_rate": {rate}}}, top_k={top_k})
+print(json.dumps({{"voxclass": "voxclass" in sys.modules, "top": top}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_cli, write_tone_folder
+from conftest import run_cli, stock_pipeline_top, write_tone_folder
 
 from voxclass.audio import load_audio
 from voxclass.speech_embedding import INT16_SCALE, WINDOW_FRAMES, WINDOW_STEP, scale_log_mel
@@ -256,10 +256,6 @@ def test_trained_folder_runs_in_stock_pipeline_without_voxclass_and_exports(
     """`voxclass train --model speech-embedding` writes a folder that stock transformers loads
     from the code saved in it (no voxclass import), with the same scores as voxclass's own
     model; `voxclass export` makes an ONNX model that agrees with it."""
-    import json
-    import subprocess
-    import sys
-
     from voxclass import extractors
     from voxclass.classifier import Classifier
 
@@ -271,19 +267,7 @@ def test_trained_folder_runs_in_stock_pipeline_without_voxclass_and_exports(
     assert code == 0, err
     assert (tmp_path / "m" / "speech_embedding.py").is_file()
     clip = next((data / "test").glob("*/*.wav"))
-    script = f"""
-import json, sys
-import soundfile as sf, soxr
-from transformers import pipeline
-classify = pipeline("audio-classification", model={str(tmp_path / "m")!r}, trust_remote_code=True)
-wave, rate = sf.read({str(clip)!r}, dtype="float32")
-top = classify({{"raw": soxr.resample(wave, rate, 16000), "sampling_rate": 16000}}, top_k=3)
-print(json.dumps({{"voxclass": "voxclass" in sys.modules, "top": top}}))
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    stock = json.loads(done.stdout.strip().splitlines()[-1])
-    assert not stock["voxclass"]
+    stock = stock_pipeline_top(tmp_path / "m", clip, 16000)
     own = Classifier.load(tmp_path / "m").predict(clip, top_k=3)
     assert [p["label"] for p in stock["top"]] == own.labels
     np.testing.assert_allclose([p["score"] for p in stock["top"]], own.scores, atol=1e-4)

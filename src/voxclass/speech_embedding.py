@@ -11,8 +11,8 @@ per clip, where the ONNX graph takes it over the whole batch (see `LogMel`).
     embedding per 76 frames (0.78 s) every 8 frames (80 ms) -> their mean and maximum over
     the clip -> layer norm -> linear head
 
-This file imports only torch and transformers, and nothing of voxclass: `save_pretrained`
-copies it beside the weights, so a trained folder loads with stock
+This file imports only torch, transformers and `pooled_head`: `save_pretrained` copies both
+beside the weights, so a trained folder loads with stock
 `pipeline("audio-classification", model=DIR, trust_remote_code=True)` without voxclass.
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForAudioClassification, PretrainedConfig
-from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.modeling_utils import PreTrainedModel
+from transformers import PretrainedConfig
+
+from .pooled_head import PooledHeadModel, register_model
 
 MODEL_TYPE = "voxclass-speech-embedding"
 SAMPLE_RATE = 16000
@@ -168,7 +168,7 @@ class SpeechEmbeddingConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
 
 
-class SpeechEmbeddingForAudioClassification(PreTrainedModel):
+class SpeechEmbeddingForAudioClassification(PooledHeadModel):
     """`SpeechEmbedding` steps of the clip (padded with `context_seconds` of silence on each
     side), their mean and maximum over the clip's own steps, layer norm, dropout, linear head.
     Input: 16 kHz audio in [-1, 1] (`input_values`) and its `attention_mask` (1 for samples of
@@ -181,9 +181,7 @@ class SpeechEmbeddingForAudioClassification(PreTrainedModel):
     def __init__(self, config: SpeechEmbeddingConfig):
         super().__init__(config)
         self.speech_embedding = SpeechEmbedding()
-        self.norm = nn.LayerNorm(2 * EMBEDDING_DIM)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(2 * EMBEDDING_DIM, config.num_labels)
+        self.add_head(2 * EMBEDDING_DIM)
         self.post_init()
 
     def freeze_feature_encoder(self) -> None:
@@ -209,32 +207,11 @@ class SpeechEmbeddingForAudioClassification(PreTrainedModel):
         peak = steps.masked_fill(~inside, torch.finfo(steps.dtype).min).amax(dim=1)
         return torch.cat([mean, peak], dim=1)
 
-    def forward(
-        self,
-        input_values: Tensor,
-        attention_mask: Tensor | None = None,
-        labels: Tensor | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput:
-        pooled = self.norm(self.pooled(input_values, attention_mask))
-        logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            if self.config.problem_type == "multi_label_classification":
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            else:
-                loss = F.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
 
 SpeechEmbeddingConfig.register_for_auto_class()
 SpeechEmbeddingForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 
 
 def register() -> None:
-    """Let transformers' Auto classes load this model type in this process (without
-    `trust_remote_code`: the code is voxclass's own, not the folder's copy)."""
-    AutoConfig.register(MODEL_TYPE, SpeechEmbeddingConfig, exist_ok=True)
-    AutoModelForAudioClassification.register(
-        SpeechEmbeddingConfig, SpeechEmbeddingForAudioClassification, exist_ok=True
-    )
+    """Let transformers' Auto classes load this model type in this process."""
+    register_model(SpeechEmbeddingConfig, SpeechEmbeddingForAudioClassification)
