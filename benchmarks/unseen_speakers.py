@@ -147,6 +147,12 @@ VARIANTS: dict[str, Variant] = {
     "layersum": Variant(model={"use_weighted_layer_sum": True}),
     # `speech-embedding`: fine-tune the encoder too, at a rate for pretrained weights.
     "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 3e-4}),
+    # Word-sized detectors over the encoder's frames, mean and maximum (`--head keywords`):
+    # frozen encoder, and the encoder fine-tuned too at speech-tiny's own rate.
+    "keywords": Variant(train={"head": "keywords"}),
+    "keywords_finetune": Variant(
+        train={"head": "keywords", "freeze_feature_encoder": False, "learning_rate": 5e-4}
+    ),
 }
 
 

@@ -1,7 +1,9 @@
 """Model resolution: a built-in preset, a local directory, or a Hub id -> model + feature extractor.
 
-Every model is a stock transformers audio-classification model; voxclass adds only its own
-settings under `config.voxclass` (e.g. `max_seconds`) so that plain transformers ignores them.
+Every model is a transformers audio-classification model: a stock one, or one of voxclass's own
+(`speech_embedding`, `keyword_head`), whose saved folder carries its code for stock `pipeline`
+with `trust_remote_code=True`. voxclass adds only its own settings under `config.voxclass` (e.g.
+`max_seconds`) so that plain transformers ignores them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import difflib
 import importlib.util
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,11 @@ FROM_WHEEL = ("speech-embedding",)
 """Pretrained encoders made by others and fetched from a package-registry wheel on first use:
 `speech-embedding`, Google's speech_embedding (`speech_embedding`, `speech_embedding_onnx`)."""
 HEAD_LEARNING_RATE = 1e-3
-"""Learning rate of a new head on a frozen encoder (`speech-embedding` by default): the head
-alone trains, from scratch."""
+"""Learning rate of a new head on a frozen encoder (`speech-embedding`, `--head keywords`, by
+default): the head alone trains, from scratch."""
+HEADS = ("mean", "keywords")
+"""Classification heads: `mean`, the model's own (stock transformers: the mean of the encoder's
+frames, then linear); `keywords`, word-sized detectors over the frames (`keyword_head`)."""
 
 
 class ModelError(ValueError):
@@ -45,38 +51,81 @@ def label_maps(labels: list[str]) -> dict[str, Any]:
     }
 
 
-def build_model(name_or_path: str, labels: list[str], **config_overrides: Any):
+def build_model(name_or_path: str, labels: list[str], head: str = "mean", **config_overrides: Any):
     """A model with a fresh classification head for `labels`, and its feature extractor.
 
     `name_or_path`: a preset name (random init), a local directory or a Hub id (pretrained).
+    `head`: one of HEADS.
     """
     require_torch(f"building a model from {name_or_path}")
-    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers import AutoModelForAudioClassification
 
+    if head not in HEADS:
+        raise ModelError(f"--head {head!r}: choose {' or '.join(HEADS)}")
+    register_own_models()
+    if name_or_path in FROM_WHEEL:
+        if head != "mean":
+            raise ModelError(
+                f"--head {head}: {name_or_path} has its own head (the mean and maximum of its "
+                "steps); leave --head at mean"
+            )
+        return speech_embedding_model(labels, **config_overrides)
+    if head == "keywords":
+        return keyword_head_model(name_or_path, labels, **config_overrides)
     if name_or_path in PRESETS:
         config, extractor = preset_config(name_or_path)
         for key, value in {**label_maps(labels), **config_overrides}.items():
             setattr(config, key, value)
         return AutoModelForAudioClassification.from_config(config), extractor
-    register_own_models()
-    if name_or_path in FROM_WHEEL:
-        return speech_embedding_model(labels, **config_overrides)
+    return pretrained(
+        name_or_path,
+        lambda path: AutoModelForAudioClassification.from_pretrained(
+            path,
+            **label_maps(labels),
+            **config_overrides,
+            ignore_mismatched_sizes=True,  # a new head when the label set differs
+        ),
+    )
+
+
+def pretrained(name_or_path: str, load: Callable[[str], Any]):
+    """`load(path)` and the feature extractor of a shipped backbone, a local directory or a Hub
+    id; a missing, unreachable or corrupt one is a ModelError."""
+    from transformers import AutoFeatureExtractor
+
     shipped = name_or_path in PRETRAINED
     name_or_path = str(pretrained_dir(name_or_path)) if shipped else _check_reachable(name_or_path)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name_or_path)
-        model = AutoModelForAudioClassification.from_pretrained(
-            name_or_path,
-            **label_maps(labels),
-            **config_overrides,
-            ignore_mismatched_sizes=True,  # a new head when the label set differs
-        )
+        model = load(name_or_path)
     except Exception as err:  # safetensors' own error (a corrupt file) is not an OSError
         if shipped:
             raise ModelError(_shipped_failure(Path(name_or_path), err)) from None
         if isinstance(err, OSError):
             raise ModelError(_load_failure(name_or_path, err)) from None
         raise
+    return model, extractor
+
+
+def keyword_head_model(name_or_path: str, labels: list[str], **config_overrides: Any):
+    """The encoder of a preset (random init), a shipped backbone, a local directory or a Hub id
+    under a new `keyword_head` head for `labels`, and the encoder's feature extractor."""
+    from transformers import AutoModel
+
+    from .keyword_head import KeywordHeadConfig, KeywordHeadForAudioClassification
+
+    if name_or_path in PRESETS:
+        encoder_config, extractor = preset_config(name_or_path)
+        encoder = None
+    else:
+        encoder, extractor = pretrained(name_or_path, AutoModel.from_pretrained)
+        encoder_config = encoder.config
+    config = KeywordHeadConfig(
+        encoder=encoder_config.to_dict(), **label_maps(labels), **config_overrides
+    )
+    model = KeywordHeadForAudioClassification(config)
+    if encoder is not None:
+        model.encoder.load_state_dict(encoder.state_dict())
     return model, extractor
 
 
@@ -112,20 +161,22 @@ def speech_embedding_model(labels: list[str], **config_overrides: Any):
 def register_own_models() -> None:
     """Model types defined by voxclass load through transformers' Auto classes here, from
     voxclass's own code (a saved folder also carries a copy, for `trust_remote_code`)."""
-    from .speech_embedding import register
+    from . import keyword_head, speech_embedding
 
-    register()
+    keyword_head.register()
+    speech_embedding.register()
 
 
 def fine_tuning_rate(config: Any) -> float | None:
     """A pretrained model's own learning rate, when the 5e-5 that suits wav2vec2-base is wrong
-    for it: an encoder made by `voxclass pretrain`, or a head on `speech-embedding` (frozen
-    unless `--freeze-feature-encoder false`, which wants a lower `--learning-rate`)."""
-    from .speech_embedding import MODEL_TYPE
+    for it: an encoder made by `voxclass pretrain`, or a new head on a frozen encoder
+    (`speech-embedding`, `--head keywords`; `--freeze-feature-encoder false` fine-tunes the
+    encoder too, which wants a lower `--learning-rate`)."""
+    from . import keyword_head, speech_embedding
 
     if made_by_pretrain(config):
         return PRETRAINED_LEARNING_RATE
-    if config.model_type == MODEL_TYPE:
+    if config.model_type in (keyword_head.MODEL_TYPE, speech_embedding.MODEL_TYPE):
         return HEAD_LEARNING_RATE
     return None
 

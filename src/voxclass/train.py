@@ -74,7 +74,14 @@ class TrainConfig(DataConfig):
 
     model: str = "facebook/wav2vec2-base"
     """Hub id, local model directory, or preset name (tiny, tiny-fine, tiny-fine-128, small,
-    tiny-wav2vec2)."""
+    tiny-wav2vec2, the shipped pretrained speech-tiny, speech-embedding)."""
+    head: str = "mean"
+    """Classification head: mean (the model's own: the mean of the encoder's frames, then
+    linear; the folder loads in stock transformers) or keywords (word-sized detectors over the
+    encoder's frames, their mean and maximum over the clip: it carries to wording never trained
+    on far better; the folder carries its code, so stock `pipeline` needs
+    trust_remote_code=True). With keywords the encoder is frozen unless
+    --freeze-feature-encoder false."""
     output: str = "model"
     """Final model directory. Checkpoints live in OUTPUT.work/ until training completes."""
     overwrite: bool = False
@@ -85,9 +92,9 @@ class TrainConfig(DataConfig):
     epochs: float | None = None
     """Default 30 for a preset trained from scratch, 10 for a pretrained model."""
     learning_rate: float | None = None
-    """Default 1e-3 for a preset trained from scratch or a head on `speech-embedding` (its
-    encoder frozen), 5e-4 for an encoder made by `voxclass pretrain` (speech-tiny), 5e-5 for
-    another pretrained model."""
+    """Default 1e-3 for a preset trained from scratch or a new head on a frozen encoder
+    (`speech-embedding`, --head keywords), 5e-4 for an encoder made by `voxclass pretrain`
+    (speech-tiny), 5e-5 for another pretrained model."""
     batch_size: int = 16
     """Per device."""
     grad_accum: int = 1
@@ -115,7 +122,7 @@ class TrainConfig(DataConfig):
     """Weight the loss by inverse class frequency (for imbalanced data; single-label only)."""
     freeze_feature_encoder: bool = True
     """Freeze the CNN feature encoder of a pretrained wav2vec2-family model (the whole encoder
-    of `speech-embedding`, so that only its head trains)."""
+    of `speech-embedding` and under --head keywords, so that only the head trains)."""
     freeze_layers: int = 0
     """Freeze the feature projection and the lowest N encoder layers of a pretrained model:
     they keep what pretraining taught while the layers above adapt."""
@@ -838,7 +845,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     compute_loss = loss_function(config, dd["train"], len(labels))
     # problem_type tells Classifier and pipeline() to score each label with its own sigmoid.
     overrides = {"problem_type": "multi_label_classification"} if multi else {}
-    model, extractor = build_model(config.model, labels, **overrides)
+    model, extractor = build_model(config.model, labels, config.head, **overrides)
     own_rate = None if from_scratch else fine_tuning_rate(model.config)
     adversary, speakers = speaker_adversary(config, dd["train"], model)
     rate = config.sampling_rate or extractor.sampling_rate

@@ -1,0 +1,118 @@
+"""A word-spotting head on any transformers speech encoder (`voxclass train --head keywords`).
+
+The stock audio-classification heads average the encoder's frames over the whole clip, then
+apply one linear layer: what a clip says in which order is blurred into one mean, and a model
+trained on a few phrasings per label learns those sentences. Here a convolution spanning a
+word's worth of frames runs over the encoder's output first, so each of its detectors fires
+on a stretch of speech wherever it occurs; the clip is then their mean and maximum over its own
+frames. A label learns from the words that carry it, which new wording of the same request
+shares.
+
+    encoder frames -> Conv1d (kernel_frames wide, `detectors` out) -> ReLU -> mean and max
+    over the clip's frames -> layer norm -> dropout -> linear
+
+The encoder is any `AutoModel` (its config is nested in this model's), fed exactly what its
+own feature extractor gives. This file imports only torch, transformers and `pooled_head`:
+`save_pretrained` copies both beside the weights, so a trained folder loads with stock
+`pipeline("audio-classification", model=DIR, trust_remote_code=True)` without voxclass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from .pooled_head import PooledHeadModel, register_model
+
+MODEL_TYPE = "voxclass-keyword-head"
+
+
+class KeywordHeadConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        encoder: dict | None = None,
+        kernel_frames: int = 9,
+        detectors: int = 256,
+        classifier_dropout: float = 0.2,
+        **kwargs,
+    ) -> None:
+        """`encoder`: the encoder's config as a dict (`config.to_dict()`, with its
+        `model_type`). `kernel_frames`: the detectors' span in encoder frames (odd; 9 frames
+        of a 25 frames/s encoder is 0.36 s, about a word). `detectors`: how many.
+        `classifier_dropout`: on the pooled features, while training."""
+        if kernel_frames < 1 or kernel_frames % 2 == 0:
+            raise ValueError(f"kernel_frames {kernel_frames}: give an odd number >= 1")
+        super().__init__(**kwargs)
+        self.encoder = encoder or {}
+        self.kernel_frames = kernel_frames
+        self.detectors = detectors
+        self.classifier_dropout = classifier_dropout
+
+    def encoder_config(self) -> PretrainedConfig:
+        settings = dict(self.encoder)
+        return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+class KeywordHeadForAudioClassification(PooledHeadModel):
+    """Encoder frames -> word-sized detectors -> their mean and maximum over the clip's own
+    frames -> layer norm, dropout, linear. Batch padding is masked out before the detectors
+    and from both poolings, so a clip scores the same alone and in any batch."""
+
+    config_class = KeywordHeadConfig
+    base_model_prefix = "encoder"
+
+    def __init__(self, config: KeywordHeadConfig):
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config.encoder_config())
+        self.main_input_name = self.encoder.main_input_name
+        hidden = self.encoder.config.hidden_size
+        self.detectors = nn.Conv1d(
+            hidden, config.detectors, config.kernel_frames, padding=config.kernel_frames // 2
+        )
+        self.add_head(2 * config.detectors)
+        self.post_init()
+
+    def freeze_feature_encoder(self) -> None:
+        """Keep the pretrained encoder as it is; only the detectors and the head train
+        (`--freeze-feature-encoder false` fine-tunes it too)."""
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad = False
+
+    def frame_mask(self, frames: int, attention_mask: Tensor | None, batch: int) -> Tensor:
+        """[batch, frames] True on each clip's own encoder frames."""
+        device = self.detectors.weight.device
+        if attention_mask is None:
+            return torch.ones(batch, frames, dtype=torch.bool, device=device)
+        if attention_mask.shape[1] == frames:  # an encoder that keeps its input's frame rate
+            return attention_mask.bool()
+        # a convolutional front end (wav2vec2 family) maps samples to fewer frames
+        return self.encoder._get_feature_vector_attention_mask(frames, attention_mask).bool()
+
+    def pooled(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Model inputs -> [batch, 2 * detectors]: mean and maximum of each detector over the
+        clip's own frames."""
+        if attention_mask is None:
+            hidden = self.encoder(inputs).last_hidden_state
+        else:
+            hidden = self.encoder(inputs, attention_mask=attention_mask).last_hidden_state
+        mask = self.frame_mask(hidden.shape[1], attention_mask, hidden.shape[0])
+        # zeros after the clip, as the convolution's own padding gives a clip alone
+        hidden = hidden.masked_fill(~mask.unsqueeze(2), 0.0)
+        fired = F.relu(self.detectors(hidden.transpose(1, 2))).transpose(1, 2)
+        inside = mask.unsqueeze(2)
+        mean = (fired * inside).sum(dim=1) / inside.sum(dim=1).clamp(min=1)
+        peak = fired.masked_fill(~inside, 0.0).amax(dim=1)  # ReLU output: 0 is its floor
+        return torch.cat([mean, peak], dim=1)
+
+
+KeywordHeadConfig.register_for_auto_class()
+KeywordHeadForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+
+
+def register() -> None:
+    """Let transformers' Auto classes load this model type in this process."""
+    register_model(KeywordHeadConfig, KeywordHeadForAudioClassification)

@@ -1,0 +1,134 @@
+"""The keywords head (`keyword_head`): it carries the pretrained encoder's weights, masks batch
+padding, trains only itself by default, and a trained folder runs in stock `pipeline`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, stock_pipeline_top, tone, write_tone_folder
+
+from voxclass.model import ModelError, build_model
+
+LABELS = ["a", "b", "c"]
+
+
+def waves(rate: int) -> list[np.ndarray]:
+    """Three clips of different lengths, so a batch pads two of them."""
+    shapes = ((300, 1.3), (900, 0.4), (2000, 0.8))
+    return [tone(f, s, rate, seed=i) for i, (f, s) in enumerate(shapes)]
+
+
+def batched_and_alone(model, extractor, clips: list[np.ndarray], rate: int):
+    from voxclass.features import extract_one, pad_batch
+
+    inputs = [extract_one(extractor, c, rate) for c in clips]
+    with torch.no_grad():
+        together = model(**pad_batch(extractor, inputs)).logits
+        alone = [model(**pad_batch(extractor, [x])).logits for x in inputs]
+    return together, torch.cat(alone)
+
+
+def test_speech_tiny_encoder_is_carried_over_under_the_new_head():
+    from transformers import AutoModel
+
+    from voxclass.model import pretrained_dir
+
+    model, extractor = build_model("speech-tiny", LABELS, head="keywords")
+    want = AutoModel.from_pretrained(pretrained_dir("speech-tiny")).state_dict()
+    got = model.encoder.state_dict()
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, msg=name)
+    assert model.config.num_labels == 3 and extractor.sampling_rate == 8000
+
+
+def test_a_clip_scores_the_same_alone_and_in_a_padded_batch():
+    """Padding never reaches the detectors or the pooling."""
+    torch.manual_seed(0)
+    model, extractor = build_model("tiny", LABELS, head="keywords")
+    rate = extractor.sampling_rate
+    together, alone = batched_and_alone(model.eval(), extractor, waves(rate), rate)
+    assert together.shape == (3, 3)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_a_sample_mask_becomes_the_convolutional_front_ends_frame_mask():
+    """wav2vec2-family encoders map samples to fewer frames: each clip keeps the frames its
+    own samples make."""
+    model, _ = build_model("tiny-wav2vec2", LABELS, head="keywords")
+    lengths = torch.tensor([16000, 9000, 400])
+    mask = (torch.arange(16000)[None, :] < lengths[:, None]).long()
+    frames = int(model.encoder._get_feat_extract_output_lengths(torch.tensor(16000)))
+    own = model.frame_mask(frames, mask, 3)
+    assert own.shape == (3, frames)
+    assert (
+        own.sum(dim=1).tolist() == model.encoder._get_feat_extract_output_lengths(lengths).tolist()
+    )
+
+
+def test_padding_would_change_the_scores_without_the_mask():
+    """The batch check above can fail: unmasked, the padded frames move a clip's logits."""
+    model, extractor = build_model("speech-tiny", LABELS, head="keywords")
+    model.eval()
+    model.frame_mask = lambda frames, mask, batch: torch.ones(batch, frames, dtype=torch.bool)
+    together, alone = batched_and_alone(model, extractor, waves(8000), 8000)
+    assert not torch.allclose(together, alone, atol=1e-3)
+
+
+def test_only_the_head_trains_by_default_and_learns_at_the_head_rate():
+    from voxclass.model import HEAD_LEARNING_RATE, fine_tuning_rate
+    from voxclass.train import freeze_pretrained_encoder
+
+    model, _ = build_model("speech-tiny", LABELS, head="keywords")
+    assert freeze_pretrained_encoder(model, from_scratch=False, enabled=True)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"detectors", "norm", "classifier"}
+    assert fine_tuning_rate(model.config) == HEAD_LEARNING_RATE
+
+
+def test_heads_that_cannot_be_built_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelError, match="--head 'attention': choose mean or keywords"):
+        build_model("tiny", LABELS, head="attention")
+    with pytest.raises(ModelError, match="speech-embedding has its own head"):
+        build_model("speech-embedding", LABELS, head="keywords")
+    with pytest.raises(ModelError, match="no such model directory"):
+        build_model(str(tmp_path / "nowhere"), LABELS, head="keywords")
+    from voxclass.keyword_head import KeywordHeadConfig
+
+    with pytest.raises(ValueError, match="kernel_frames 4"):
+        KeywordHeadConfig(kernel_frames=4)
+
+
+def test_trained_folder_runs_in_stock_pipeline_without_voxclass(tmp_path, monkeypatch, capsys):
+    """`voxclass train --head keywords` writes a folder that stock transformers loads from the
+    code saved in it, with the same scores as voxclass's own model, and an encoder unchanged
+    by training (frozen)."""
+    from transformers import AutoModel
+
+    from voxclass.classifier import Classifier
+    from voxclass.model import pretrained_dir
+
+    data = write_tone_folder(tmp_path / "tones", per_class=4, splits=True)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train", "--data", data, "--model", "speech-tiny",
+        "--head", "keywords", "--output", tmp_path / "m", "--epochs", "1", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "m" / "keyword_head.py").is_file()
+    clip = next((data / "test").glob("*/*.wav"))
+    stock = stock_pipeline_top(tmp_path / "m", clip, 8000)
+    assert not stock["voxclass"]
+    own = Classifier.load(tmp_path / "m")
+    top = own.predict(clip, top_k=3)
+    assert [p["label"] for p in stock["top"]] == top.labels
+    np.testing.assert_allclose([p["score"] for p in stock["top"]], top.scores, atol=1e-4)
+    before = AutoModel.from_pretrained(pretrained_dir("speech-tiny")).state_dict()
+    after = own.model.encoder.state_dict()
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, msg=name)
+    code, _, err = run_cli(monkeypatch, capsys, "export", tmp_path / "m", "--out", tmp_path / "x")
+    assert code == 0, err
+    exported = Classifier.load(tmp_path / "x").predict(clip, top_k=3)
+    assert exported.labels == top.labels
+    np.testing.assert_allclose(exported.scores, top.scores, atol=1e-3)
