@@ -22,9 +22,10 @@ There is no augmentation row: the demo trains on clean clips only (`augment_copi
 SpecAugment masks come from the preset's config, so every row has them. Every row plans the
 demo's epochs (the schedule's warm-up and decay run over them) and stops at the demo's time
 budget if not done; seed, epochs, budget and data set all come from `DemoConfig` and
-`demo_training`, so the last row is exactly what `voxclass demo --model tiny` trains. The model
-is `tiny` from scratch, not the demo's default pretrained `speech-tiny`: the ladder compares
-training recipes, and the tutorial's has no encoder of its own to start from.
+`demo_training`, so the last row is exactly what `voxclass demo --model tiny --head mean`
+trains. The model is `tiny` from scratch under the stock head, not the demo's default (word
+detectors on the pretrained `speech-tiny`): the ladder compares training recipes, and the
+tutorial's has no encoder of its own to start from.
 
     python benchmarks/recipe_vs_seed.py [--data DIR] [--budget-minutes M] [--quick]
 
@@ -194,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recipe_vs_seed_"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # models, data: all temporary
-    demo = DemoConfig(output=work, model="tiny", **(QUICK if args.quick else {}))
+    demo = DemoConfig(output=work, model="tiny", head="mean", **(QUICK if args.quick else {}))
     if args.budget_minutes:
         demo = replace(demo, time_budget_minutes=args.budget_minutes)
     data = args.data

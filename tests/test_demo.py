@@ -32,8 +32,10 @@ def test_demo_runs_the_whole_loop_and_reuses_its_data(tmp_path):
     assert result["new_wording_report"]["accuracy"] == new_wording["accuracy"]
     metrics = json.loads((tmp_path / "demo/model/metrics.json").read_text())
     assert metrics["selected_on"] == "validation"
-    # the shipped pretrained encoder is what the demo fine-tunes
-    assert "model: speech-tiny" in (tmp_path / "demo/model/voxclass_config.yaml").read_text()
+    # word detectors on the shipped pretrained encoder are what the demo trains
+    settings = (tmp_path / "demo/model/voxclass_config.yaml").read_text()
+    assert "model: speech-tiny" in settings and "head: keywords" in settings
+    assert (tmp_path / "demo/model/keyword_head.py").is_file()
     assert metrics["train"]["train_clips"] == 28  # test_new_wording is not trained on
     assert len(result["predictions"]) == 2
     assert all(p.labels[0] in report["labels"] for p in result["predictions"])

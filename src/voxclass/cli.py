@@ -517,8 +517,9 @@ def _demo_spec() -> Spec:
 
 @command("demo", _demo_spec)
 def demo(config) -> None:
-    """The whole loop offline: synthesize spoken banking requests, fine-tune the shipped
-    speech-tiny encoder, evaluate on unseen voices and unseen wording, classify a few clips."""
+    """The whole loop offline: synthesize spoken banking requests, train word detectors on the
+    shipped speech-tiny encoder, evaluate on unseen voices and unseen wording, classify a few
+    clips."""
     from rich.table import Table
 
     from .demo import run_demo

@@ -39,6 +39,10 @@ class DemoConfig:
     model: str = "speech-tiny"
     """What to fine-tune: the shipped encoder pretrained by `voxclass pretrain` (it carries far
     better to unseen wording than `tiny` from scratch), or any preset, folder or Hub id."""
+    head: str = "keywords"
+    """Classification head (`voxclass train --head`): keywords, word-sized detectors on the
+    frozen encoder (they carry the intents to unseen wording far better than the encoder's
+    fine-tuned mean), or mean."""
     examples: int = 4
     """Test clips to classify at the end, for show."""
     seed: int = 0
@@ -65,6 +69,7 @@ def demo_training(config: DemoConfig, data: Path, output: Path) -> TrainConfig:
     return TrainConfig(
         source=str(data),
         model=config.model,
+        head=config.head,
         output=str(output),
         seed=config.seed,
         epochs=config.epochs,
