@@ -543,6 +543,11 @@ def test_average_best_of_one_is_refused_before_any_data(tmp_path):
         train(TrainConfig(source=str(tmp_path / "none"), average_best=1))
 
 
+def test_an_unknown_head_is_refused_before_any_data(tmp_path):
+    with pytest.raises(ConfigError, match="--head 'attention': choose mean or keywords"):
+        train(TrainConfig(source=str(tmp_path / "none"), head="attention"))
+
+
 def test_early_stopping_waits_until_validation_leaves_chance():
     """10 labels: the count starts at macro-F1 0.325. Five evaluations at chance do not stop
     a from-scratch run; once it learns, two without a better score do. A resumed run's

@@ -53,6 +53,7 @@ class KeywordHeadConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
 
     def encoder_config(self) -> PretrainedConfig:
+        """The encoder's own config object, rebuilt from the `encoder` dict."""
         settings = dict(self.encoder)
         return AutoConfig.for_model(settings.pop("model_type"), **settings)
 

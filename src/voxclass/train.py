@@ -63,7 +63,7 @@ from .features import (
     min_input_length,
 )
 from .metrics import trainer_metrics
-from .model import ModelError, build_model, fine_tuning_rate
+from .model import HEADS, ModelError, build_model, fine_tuning_rate
 from .noise import load_recordings
 from .presets import PRESETS
 
@@ -824,6 +824,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         raise ConfigError(
             f"--average-best {config.average_best}: give 2 or more evaluations to average (0: off)"
         )
+    if config.head not in HEADS:
+        raise ConfigError(f"--head {config.head!r}: choose {' or '.join(HEADS)}")
     from_scratch = config.model in PRESETS
     if is_main_process():
         recover_interrupted_write(Path(config.output))
