@@ -115,7 +115,7 @@ class SeamlessM4TFeatures(_Features):
         operation (frame by frame: numpy's batched FFT rounds differently, and normalising
         each mel bin by its spread over time magnifies that on quiet bins)."""
         wave = (wave * 2**15).astype(np.float64)  # Kaldi's 16-bit scale
-        frames = int(1 + np.floor((wave.size - 400) / 160))
+        frames = self.mel_frames(wave.size)
         spectrum = np.empty((frames, 257), dtype=np.complex64)  # raises below 240 samples
         buffer = np.zeros(512)
         for i in range(frames):
@@ -138,10 +138,16 @@ class SeamlessM4TFeatures(_Features):
         usable = len(x) - len(x) % self.stride  # ... then drops what does not fill a stride
         return x[:usable].reshape(usable // self.stride, x.shape[1] * self.stride)
 
+    @staticmethod
+    def mel_frames(samples: int) -> int:
+        """How many mel frames transformers makes of `samples`: 400 samples each, one every
+        160."""
+        return int(1 + np.floor((samples - 400) / 160))
+
     def own_frames(self, samples: int, frames: int) -> int:
         """transformers masks a stacked frame unless its second mel frame is the clip's own
         (not the frame padded on to an even count)."""
-        mel_frames = int(1 + np.floor((samples - 400) / 160))
+        mel_frames = self.mel_frames(samples)
         return sum(1 for k in range(frames) if self.stride * k + 1 < mel_frames)
 
 
