@@ -96,10 +96,7 @@ class KeywordHeadForAudioClassification(PooledHeadModel):
     def pooled(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Model inputs -> [batch, 2 * detectors]: mean and maximum of each detector over the
         clip's own frames."""
-        if attention_mask is None:
-            hidden = self.encoder(inputs).last_hidden_state
-        else:
-            hidden = self.encoder(inputs, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(inputs, attention_mask=attention_mask).last_hidden_state
         mask = self.frame_mask(hidden.shape[1], attention_mask, hidden.shape[0])
         # zeros after the clip, as the convolution's own padding gives a clip alone
         hidden = hidden.masked_fill(~mask.unsqueeze(2), 0.0)
