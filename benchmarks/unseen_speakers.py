@@ -150,6 +150,12 @@ VARIANTS: dict[str, Variant] = {
     # Word-sized detectors over the encoder's frames, mean and maximum (`--head keywords`):
     # frozen encoder, and the encoder fine-tuned too at speech-tiny's own rate.
     "keywords": Variant(train={"head": "keywords"}),
+    "keywords1": Variant(train={"head": "keywords", "keyword_members": 1}),  # one detector bank
+    # the best epoch by validation loss: accuracy on the trained phrasings saturates early
+    "keywords_bestloss": Variant(
+        train={"head": "keywords"},
+        args={"metric_for_best_model": "loss", "greater_is_better": False},
+    ),
     "keywords_finetune": Variant(
         train={"head": "keywords", "freeze_feature_encoder": False, "learning_rate": 5e-4}
     ),

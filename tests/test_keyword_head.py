@@ -87,6 +87,64 @@ def test_only_the_head_trains_by_default_and_learns_at_the_head_rate():
     assert fine_tuning_rate(model.config) == HEAD_LEARNING_RATE
 
 
+def test_members_learn_on_their_own_and_answer_by_their_mean():
+    """Three detector banks: the logits are their mean, the model's loss is the mean of their
+    own losses, and one member's loss moves only that member's detectors, norm and columns
+    of the classifier."""
+    torch.manual_seed(0)
+    model, extractor = build_model(
+        "tiny", LABELS, head="keywords", members=3, detectors=4, classifier_dropout=0.0
+    )
+    from voxclass.features import extract_one, pad_batch
+
+    rate = extractor.sampling_rate
+    inputs = pad_batch(extractor, [extract_one(extractor, c, rate) for c in waves(rate)])
+    labels = torch.tensor([0, 1, 2])
+    model.train()
+    out = model(**inputs, labels=labels)
+    assert out.member_logits.shape == (3, 3, 3)
+    torch.testing.assert_close(out.logits, out.member_logits.mean(0))
+    own = [torch.nn.functional.cross_entropy(m, labels) for m in out.member_logits]
+    torch.testing.assert_close(out.loss, torch.stack(own).mean())
+
+    model.zero_grad()
+    own[1].backward()
+    touched = {
+        name: (p.grad is not None and bool(p.grad.abs().sum() > 0))
+        for name, p in model.named_parameters()
+        if not name.startswith("encoder.")
+    }
+    second = slice(4, 8)  # member 1's detectors; its pooled part is 8 wide (mean and max)
+    detector_rows = model.detectors.weight.grad.abs().sum(dim=(1, 2))
+    assert bool((detector_rows[second] > 0).all())
+    assert float(detector_rows[:4].sum() + detector_rows[8:].sum()) == 0.0
+    columns = model.classifier.weight.grad.abs().sum(dim=0)
+    assert bool((columns[8:16] > 0).any())
+    assert float(columns[:8].sum() + columns[16:].sum()) == 0.0
+    assert (
+        float(model.norm.weight.grad[:8].abs().sum() + model.norm.weight.grad[16:].abs().sum())
+        == 0.0
+    )
+    assert touched["detectors.weight"] and touched["classifier.bias"]
+
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.member_logits is None and out.logits.shape == (3, 3)
+
+
+def test_a_folder_that_names_no_members_has_one():
+    from voxclass.keyword_head import KeywordHeadConfig
+
+    assert KeywordHeadConfig.from_dict({"kernel_frames": 9}).members == 1
+    model, _ = build_model("tiny", LABELS, head="keywords", detectors=4)
+    shapes = {
+        n: tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("encoder.")
+    }
+    assert isinstance(model.norm, torch.nn.LayerNorm)
+    assert shapes["detectors.weight"][0] == 4 and shapes["classifier.weight"] == (3, 8)
+
+
 def test_heads_that_cannot_be_built_are_one_line_errors(tmp_path):
     with pytest.raises(ModelError, match="--head 'attention': choose mean or keywords"):
         build_model("tiny", LABELS, head="attention")
@@ -98,6 +156,8 @@ def test_heads_that_cannot_be_built_are_one_line_errors(tmp_path):
 
     with pytest.raises(ValueError, match="kernel_frames 4"):
         KeywordHeadConfig(kernel_frames=4)
+    with pytest.raises(ValueError, match="members 0"):
+        KeywordHeadConfig(members=0)
 
 
 def test_trained_folder_runs_in_stock_pipeline_without_voxclass(tmp_path, monkeypatch, capsys):
@@ -120,6 +180,7 @@ def test_trained_folder_runs_in_stock_pipeline_without_voxclass(tmp_path, monkey
     stock = stock_pipeline_top(tmp_path / "m", clip, 8000)
     assert not stock["voxclass"]
     own = Classifier.load(tmp_path / "m")
+    assert own.model.config.members == 5  # --keyword-members' default
     top = own.predict(clip, top_k=3)
     assert [p["label"] for p in stock["top"]] == top.labels
     np.testing.assert_allclose([p["score"] for p in stock["top"]], top.scores, atol=1e-4)

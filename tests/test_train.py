@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import (
     TONE_SETS,
@@ -36,6 +37,7 @@ from voxclass.train import (
     augmentation,
     average_weights,
     class_weighted_loss,
+    each_member,
     early_stopping_start,
     freeze_pretrained_encoder,
     last_complete_checkpoint,
@@ -546,6 +548,37 @@ def test_average_best_of_one_is_refused_before_any_data(tmp_path):
 def test_an_unknown_head_is_refused_before_any_data(tmp_path):
     with pytest.raises(ConfigError, match="--head 'attention': choose mean or keywords"):
         train(TrainConfig(source=str(tmp_path / "none"), head="attention"))
+
+
+def test_keyword_members_below_one_are_refused_before_any_data(tmp_path):
+    with pytest.raises(ConfigError, match="--keyword-members 0: give 1 or more"):
+        train(TrainConfig(source=str(tmp_path / "none"), head="keywords", keyword_members=0))
+
+
+def test_voxclass_losses_train_each_member_on_its_own():
+    """Class-weighted, multi-label and mixup's losses see the members' own logits, not only
+    their mean: a mean of losses, not the loss of the mean."""
+    from datasets import Dataset
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    from voxclass.pooled_head import PooledHeadOutput
+
+    members = torch.tensor([[[4.0, -4.0]], [[-4.0, 4.0]]])  # two members, one clip, 2 labels
+    labels = torch.tensor([0])
+    outputs = PooledHeadOutput(logits=members.mean(0), member_logits=members)
+    each = [F.cross_entropy(m, labels) for m in members]
+    assert each_member(lambda logits: F.cross_entropy(logits, labels), outputs) == pytest.approx(
+        float(sum(each) / 2)
+    )
+    weighted = class_weighted_loss(Dataset.from_dict({"label": [0, 1]}), 2)
+    assert float(weighted(outputs, labels)) == pytest.approx(float(sum(each) / 2))
+    hot = torch.tensor([[1.0, 0.0]])
+    bce = [F.binary_cross_entropy_with_logits(m, hot) for m in members]
+    assert float(multi_label_loss(outputs, hot)) == pytest.approx(float(sum(bce) / 2))
+    plain = SequenceClassifierOutput(logits=members.mean(0))  # one member: its own logits
+    assert float(multi_label_loss(plain, hot)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(members.mean(0), hot))
+    )
 
 
 def test_early_stopping_waits_until_validation_leaves_chance():

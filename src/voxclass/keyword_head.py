@@ -11,6 +11,11 @@ shares.
     encoder frames -> Conv1d (kernel_frames wide, `detectors` out) -> ReLU -> mean and max
     over the clip's frames -> layer norm -> dropout -> linear
 
+With `members` > 1 there are that many such detector banks and classifiers side by side, each
+learning from its own loss; the logits are their mean. Trained on a few phrasings per label,
+one bank's answers on new wording depend much on its random start; the mean of several
+depends less, for one encoder pass.
+
 The encoder is any `AutoModel` (its config is nested in this model's), fed exactly what its
 own feature extractor gives. This file imports only torch, transformers and `pooled_head`:
 `save_pretrained` copies both beside the weights, so a trained folder loads with stock
@@ -38,19 +43,24 @@ class KeywordHeadConfig(PretrainedConfig):
         kernel_frames: int = 9,
         detectors: int = 256,
         classifier_dropout: float = 0.2,
+        members: int = 1,
         **kwargs,
     ) -> None:
         """`encoder`: the encoder's config as a dict (`config.to_dict()`, with its
         `model_type`). `kernel_frames`: the detectors' span in encoder frames (odd; 9 frames
-        of a 25 frames/s encoder is 0.36 s, about a word). `detectors`: how many.
-        `classifier_dropout`: on the pooled features, while training."""
+        of a 25 frames/s encoder is 0.36 s, about a word). `detectors`: how many, per member.
+        `classifier_dropout`: on the pooled features, while training. `members`: independent
+        detector banks with their own classifiers, averaged (1 in a folder that does not say)."""
         if kernel_frames < 1 or kernel_frames % 2 == 0:
             raise ValueError(f"kernel_frames {kernel_frames}: give an odd number >= 1")
+        if members < 1:
+            raise ValueError(f"members {members}: give 1 or more")
         super().__init__(**kwargs)
         self.encoder = encoder or {}
         self.kernel_frames = kernel_frames
         self.detectors = detectors
         self.classifier_dropout = classifier_dropout
+        self.members = members
 
     def encoder_config(self) -> PretrainedConfig:
         """The encoder's own config object, rebuilt from the `encoder` dict."""
@@ -60,8 +70,9 @@ class KeywordHeadConfig(PretrainedConfig):
 
 class KeywordHeadForAudioClassification(PooledHeadModel):
     """Encoder frames -> word-sized detectors -> their mean and maximum over the clip's own
-    frames -> layer norm, dropout, linear. Batch padding is masked out before the detectors
-    and from both poolings, so a clip scores the same alone and in any batch."""
+    frames -> layer norm, dropout, linear (per member; the logits are the members' mean).
+    Batch padding is masked out before the detectors and from both poolings, so a clip scores
+    the same alone and in any batch."""
 
     config_class = KeywordHeadConfig
     base_model_prefix = "encoder"
@@ -71,10 +82,14 @@ class KeywordHeadForAudioClassification(PooledHeadModel):
         self.encoder = AutoModel.from_config(config.encoder_config())
         self.main_input_name = self.encoder.main_input_name
         hidden = self.encoder.config.hidden_size
+        # every member's detectors in one convolution: output channels never mix
         self.detectors = nn.Conv1d(
-            hidden, config.detectors, config.kernel_frames, padding=config.kernel_frames // 2
+            hidden,
+            config.members * config.detectors,
+            config.kernel_frames,
+            padding=config.kernel_frames // 2,
         )
-        self.add_head(2 * config.detectors)
+        self.add_head(2 * config.members * config.detectors)
         self.post_init()
 
     def freeze_feature_encoder(self) -> None:
@@ -94,8 +109,8 @@ class KeywordHeadForAudioClassification(PooledHeadModel):
         return self.encoder._get_feature_vector_attention_mask(frames, attention_mask).bool()
 
     def pooled(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Model inputs -> [batch, 2 * detectors]: mean and maximum of each detector over the
-        clip's own frames."""
+        """Model inputs -> [batch, members * 2 * detectors]: per member, the mean and maximum
+        of each of its detectors over the clip's own frames."""
         hidden = self.encoder(inputs, attention_mask=attention_mask).last_hidden_state
         mask = self.frame_mask(hidden.shape[1], attention_mask, hidden.shape[0])
         # zeros after the clip, as the convolution's own padding gives a clip alone
@@ -104,7 +119,8 @@ class KeywordHeadForAudioClassification(PooledHeadModel):
         inside = mask.unsqueeze(2)
         mean = (fired * inside).sum(dim=1) / inside.sum(dim=1).clamp(min=1)
         peak = fired.masked_fill(~inside, 0.0).amax(dim=1)  # ReLU output: 0 is its floor
-        return torch.cat([mean, peak], dim=1)
+        each = (hidden.shape[0], self.config.members, self.config.detectors)
+        return torch.cat([mean.view(each), peak.view(each)], dim=2).flatten(1)
 
 
 KeywordHeadConfig.register_for_auto_class()

@@ -82,6 +82,10 @@ class TrainConfig(DataConfig):
     on far better; the folder carries its code, so stock `pipeline` needs
     trust_remote_code=True). With keywords the encoder is frozen unless
     --freeze-feature-encoder false."""
+    keyword_members: int = 5
+    """With --head keywords: independent detector banks, each with its own classifier and
+    loss, whose mean is the model's answer (an ensemble over one encoder pass: on wording never
+    trained on, one bank depends much on its random start, their mean less)."""
     output: str = "model"
     """Final model directory. Checkpoints live in OUTPUT.work/ until training completes."""
     overwrite: bool = False
@@ -420,13 +424,22 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
     return concatenate_datasets([train_split, synthetic])
 
 
+def each_member(loss_of_logits, outputs) -> torch.Tensor:
+    """`loss_of_logits` on the model's logits; for a model of several members (`--head
+    keywords`, `--keyword-members`) the mean of it on each member's own logits, so that each
+    member learns on its own rather than as a part of their mean."""
+    members = getattr(outputs, "member_logits", None)
+    each = [outputs.logits] if members is None else list(members)
+    return torch.stack([loss_of_logits(logits) for logits in each]).mean()
+
+
 def class_weighted_loss(train: Dataset, num_labels: int):
     """Cross-entropy weighted by inverse class frequency, as a Trainer `compute_loss_func`."""
     counts = np.bincount(np.asarray(train["label"]), minlength=num_labels).astype(np.float32)
     weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / num_labels)
 
     def loss(outputs, labels, num_items_in_batch=None):
-        return torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
+        return each_member(lambda logits: F.cross_entropy(logits, labels, weight=weights), outputs)
 
     return loss
 
@@ -439,10 +452,14 @@ def multi_label_loss(outputs, labels, num_items_in_batch=None):
     `config.problem_type` says (only some heads, e.g. AST, honour it). The Trainer counts every
     multi-hot entry of the accumulated batches in `num_items_in_batch` and expects a loss given
     it to be divided by that count, so gradient accumulation gives the mean over all of them."""
-    if num_items_in_batch is None:
-        return F.binary_cross_entropy_with_logits(outputs.logits, labels.float())
-    total = F.binary_cross_entropy_with_logits(outputs.logits, labels.float(), reduction="sum")
-    return total / num_items_in_batch
+
+    def loss(logits):
+        if num_items_in_batch is None:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        total = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum")
+        return total / num_items_in_batch
+
+    return each_member(loss, outputs)
 
 
 def loss_function(config: TrainConfig, train: Dataset, num_labels: int):
@@ -567,7 +584,7 @@ class VoxTrainer(Trainer):
         """The loss the model's own would give for these labels (or voxclass's loss function)."""
         if self.compute_loss_func is not None:
             return self.compute_loss_func(outputs, labels, num_items_in_batch)
-        return F.cross_entropy(outputs.logits, labels)
+        return each_member(lambda logits: F.cross_entropy(logits, labels), outputs)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -826,6 +843,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
         )
     if config.head not in HEADS:
         raise ConfigError(f"--head {config.head!r}: choose {' or '.join(HEADS)}")
+    if config.keyword_members < 1:
+        raise ConfigError(f"--keyword-members {config.keyword_members}: give 1 or more")
     from_scratch = config.model in PRESETS
     if is_main_process():
         recover_interrupted_write(Path(config.output))
@@ -847,6 +866,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     compute_loss = loss_function(config, dd["train"], len(labels))
     # problem_type tells Classifier and pipeline() to score each label with its own sigmoid.
     overrides = {"problem_type": "multi_label_classification"} if multi else {}
+    if config.head == "keywords":
+        overrides["members"] = config.keyword_members
     model, extractor = build_model(config.model, labels, config.head, **overrides)
     own_rate = None if from_scratch else fine_tuning_rate(model.config)
     adversary, speakers = speaker_adversary(config, dd["train"], model)
