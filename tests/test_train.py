@@ -101,6 +101,18 @@ def test_defaults_evaluate_and_checkpoint_each_epoch_and_keep_best_by_macro_f1(t
     assert Path(args.output_dir) == tmp_path / "m.work" / "checkpoints"
 
 
+def test_keyword_head_keeps_the_epoch_of_lowest_validation_loss_unless_told_otherwise():
+    keywords = training_arguments(TrainConfig(source="x", head="keywords"), from_scratch=False)
+    assert keywords.metric_for_best_model == "loss" and not keywords.greater_is_better
+    told = TrainConfig(
+        source="x",
+        head="keywords",
+        training_args={"metric_for_best_model": "macro_f1", "greater_is_better": True},
+    )
+    told_args = training_arguments(told, from_scratch=False)
+    assert told_args.metric_for_best_model == "macro_f1" and told_args.greater_is_better
+
+
 def test_feature_encoder_frozen_only_for_pretrained_wav2vec2(tmp_path):
     model, _ = build_model(str(write_local_wav2vec2(tmp_path / "w2v")), ["a", "b"])
     assert model.config.id2label == {0: "a", 1: "b"}  # new head for our labels
@@ -616,6 +628,27 @@ def test_early_stopping_waits_until_validation_leaves_chance():
     for name, value in saved["attributes"].items():
         setattr(resumed, name, value)
     assert run(resumed, scores[7:], state) == 0  # 0.44: the second without a better score
+
+
+def test_early_stopping_on_the_loss_waits_for_macro_f1_to_leave_chance():
+    """With the best model picked by validation loss, the count still starts at a macro-F1:
+    losses that do not fall while macro-F1 is at chance do not stop the run."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments("unused", metric_for_best_model="loss", greater_is_better=False)
+    callback, state = PatientEarlyStopping(2, start=0.325), TrainerState()
+    evaluations = [(2.30, 0.10), (2.31, 0.10), (2.32, 0.09), (2.33, 0.10), (1.0, 0.5), (1.1, 0.5)]
+    evaluations += [(1.2, 0.6)]
+    stopped_at = None
+    for i, (loss, f1) in enumerate(evaluations):
+        control = TrainerControl()
+        metrics = {"eval_loss": loss, "eval_macro_f1": f1}
+        callback.on_evaluate(args, state, control, metrics=metrics)
+        state.best_metric = min(state.best_metric or loss, loss)  # as the Trainer does
+        if control.should_training_stop:
+            stopped_at = i
+            break
+    assert stopped_at == 6
 
 
 @pytest.mark.slow
