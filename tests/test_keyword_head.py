@@ -176,6 +176,7 @@ def test_trained_folder_runs_in_stock_pipeline_without_voxclass(tmp_path, monkey
     )  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "m" / "keyword_head.py").is_file()
+    assert "trust_remote_code=True" in (tmp_path / "m" / "README.md").read_text()  # the card
     clip = next((data / "test").glob("*/*.wav"))
     stock = stock_pipeline_top(tmp_path / "m", clip, 8000)
     assert not stock["voxclass"]

@@ -83,6 +83,7 @@ def test_output_directory_is_complete_and_loads_in_plain_pipeline(trained_tone_m
     assert config["model"] == "tiny" and config["epochs"] == 30
     card = (out / "README.md").read_text()
     assert "pipeline_tag: audio-classification" in card and "`high`" in card
+    assert "trust_remote_code" not in card  # stock transformers code: no flag needed
 
     classify = pipeline("audio-classification", model=str(out))  # no voxclass involved
     for label, freq in TONES.items():

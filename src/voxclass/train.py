@@ -1033,14 +1033,17 @@ def write_output(trainer: Trainer, config: TrainConfig, metrics: dict) -> Path:
         trainer.save_model(str(tmp))  # model + processing_class (the feature extractor)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         save_config(config, tmp / "voxclass_config.yaml")
-        (tmp / "README.md").write_text(model_card(config, metrics))
+        carries_code = bool(getattr(trainer.model.config, "auto_map", None))
+        (tmp / "README.md").write_text(model_card(config, metrics, carries_code))
         publish_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def model_card(config: TrainConfig, metrics: dict) -> str:
+def model_card(config: TrainConfig, metrics: dict, carries_code: bool = False) -> str:
+    """The folder's README.md. `carries_code`: the architecture's code is saved beside the
+    weights (`--head keywords`, `speech-embedding`), so `pipeline` needs trust_remote_code."""
     final, clips = metrics["final"], metrics["train"]
     labels = ", ".join(f"`{x}`" for x in metrics["labels"])
     multi = (
@@ -1057,6 +1060,8 @@ def model_card(config: TrainConfig, metrics: dict) -> str:
         if average.get("used")
         else ""
     )
+    # the model's own code (keyword_head.py, ...) is in the folder, beside its weights
+    remote = ", trust_remote_code=True" if carries_code else ""
     return f"""---
 library_name: transformers
 pipeline_tag: audio-classification
@@ -1083,7 +1088,7 @@ from transformers import pipeline
 import soundfile as sf
 import soxr
 
-clf = pipeline("audio-classification", model="PATH_TO_THIS_FOLDER")
+clf = pipeline("audio-classification", model="PATH_TO_THIS_FOLDER"{remote})
 audio, rate = sf.read("clip.wav", dtype="float32")
 if audio.ndim == 2:
     audio = audio.mean(axis=1)  # mono
