@@ -147,8 +147,9 @@ VARIANTS: dict[str, Variant] = {
     "layersum": Variant(model={"use_weighted_layer_sum": True}),
     # `speech-embedding`: fine-tune the encoder too, at a rate for pretrained weights.
     "finetune": Variant(train={"freeze_feature_encoder": False, "learning_rate": 3e-4}),
-    # Word-sized detectors over the encoder's frames, mean and maximum (`--head keywords`):
-    # frozen encoder, and the encoder fine-tuned too at speech-tiny's own rate.
+    # Word-sized detectors over the encoder's frames, mean and maximum (`--head keywords`: five
+    # banks, the best epoch by validation loss): frozen encoder, and the encoder fine-tuned too
+    # at speech-tiny's own rate.
     "keywords": Variant(train={"head": "keywords"}),
     "keywords1": Variant(train={"head": "keywords", "keyword_members": 1}),  # one detector bank
     # the best epoch by validation macro-F1, as for the other heads (keywords: by the loss)

@@ -145,8 +145,8 @@ class TrainConfig(DataConfig):
     --head keywords) when training ends, as speech recipes do (ESPnet averages its 10 best
     epochs): one model with part of an ensemble's gain. The average is kept only if it scores
     at least as well as the best single evaluation on the validation split; metrics.json
-    records both. 0: off. Holds N copies of
-    the weights in memory; after --resume only the evaluations since resuming count."""
+    records both. 0: off. Holds N copies of the weights in memory; after --resume only the
+    evaluations since resuming count."""
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
     time_budget_minutes: float | None = None
