@@ -31,6 +31,15 @@ class PooledHeadOutput(SequenceClassifierOutput):
     member_logits: torch.FloatTensor | None = None
 
 
+def mean_member_loss(loss_of_logits, logits: Tensor, member_logits: Tensor | None) -> Tensor:
+    """`loss_of_logits(logits)`; with `member_logits` ([members, batch, labels]) its mean over
+    each member's own logits instead, so that each member learns on its own rather than as a
+    part of their mean. The model's own loss and voxclass's losses computed outside it
+    (`train.each_member`) both go through here."""
+    each = [logits] if member_logits is None else list(member_logits)
+    return torch.stack([loss_of_logits(one) for one in each]).mean()
+
+
 class PooledHeadModel(PreTrainedModel):
     """`pooled(inputs, attention_mask)` -> [batch, width] (the subclass's), then layer norm,
     dropout (`config.classifier_dropout`) and a linear layer to the labels. Single-label clips
@@ -80,8 +89,7 @@ class PooledHeadModel(PreTrainedModel):
         members = self.member_logits(features) if self.training and self.members > 1 else None
         loss = None
         if labels is not None:
-            each = [logits] if members is None else list(members)
-            loss = torch.stack([self.loss(m, labels) for m in each]).mean()
+            loss = mean_member_loss(lambda one: self.loss(one, labels), logits, members)
         return PooledHeadOutput(loss=loss, logits=logits, member_logits=members)
 
 

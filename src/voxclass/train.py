@@ -65,6 +65,7 @@ from .features import (
 from .metrics import trainer_metrics
 from .model import HEADS, ModelError, build_model, fine_tuning_rate
 from .noise import load_recordings
+from .pooled_head import mean_member_loss
 from .presets import PRESETS
 
 
@@ -434,11 +435,9 @@ def add_synthetic_clips(train_split: Dataset, config: TrainConfig) -> Dataset:
 
 def each_member(loss_of_logits, outputs) -> torch.Tensor:
     """`loss_of_logits` on the model's logits; for a model of several members (`--head
-    keywords`, `--keyword-members`) the mean of it on each member's own logits, so that each
-    member learns on its own rather than as a part of their mean."""
+    keywords`, `--keyword-members`) the mean of it on each member's own logits."""
     members = getattr(outputs, "member_logits", None)
-    each = [outputs.logits] if members is None else list(members)
-    return torch.stack([loss_of_logits(logits) for logits in each]).mean()
+    return mean_member_loss(loss_of_logits, outputs.logits, members)
 
 
 def class_weighted_loss(train: Dataset, num_labels: int):
