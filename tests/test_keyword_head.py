@@ -19,10 +19,16 @@ def waves(rate: int) -> list[np.ndarray]:
     return [tone(f, s, rate, seed=i) for i, (f, s) in enumerate(shapes)]
 
 
-def batched_and_alone(model, extractor, clips: list[np.ndarray], rate: int):
-    from voxclass.features import extract_one, pad_batch
+def extracted(extractor, clips: list[np.ndarray], rate: int) -> list[np.ndarray]:
+    from voxclass.features import extract_one
 
-    inputs = [extract_one(extractor, c, rate) for c in clips]
+    return [extract_one(extractor, c, rate) for c in clips]
+
+
+def batched_and_alone(model, extractor, clips: list[np.ndarray], rate: int):
+    from voxclass.features import pad_batch
+
+    inputs = extracted(extractor, clips, rate)
     with torch.no_grad():
         together = model(**pad_batch(extractor, inputs)).logits
         alone = [model(**pad_batch(extractor, [x])).logits for x in inputs]
@@ -85,6 +91,26 @@ def test_only_the_head_trains_by_default_and_learns_at_the_head_rate():
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"detectors", "norm", "classifier"}
     assert fine_tuning_rate(model.config) == HEAD_LEARNING_RATE
+
+
+def test_a_frozen_encoder_stays_in_eval_mode_while_the_head_trains():
+    from voxclass.features import pad_batch
+    from voxclass.train import freeze_pretrained_encoder
+
+    model, extractor = build_model("speech-tiny", LABELS, head="keywords")
+    model.train()
+    assert model.encoder.training  # not frozen yet: it trains as a whole
+    freeze_pretrained_encoder(model, from_scratch=False, enabled=True)
+    model.train()
+    assert model.training and model.detectors.training and model.dropout.training
+    assert not any(m.training for m in model.encoder.modules())
+    # so the frozen encoder's output is the same at every step: no dropout, no SpecAugment
+    rate = extractor.sampling_rate
+    inputs = pad_batch(extractor, extracted(extractor, waves(rate), rate))
+    first, second = (model.encoder(**inputs).last_hidden_state for _ in range(2))
+    assert torch.equal(first, second)
+    model.eval()
+    assert not model.training and not model.detectors.training
 
 
 def test_members_learn_on_their_own_and_answer_by_their_mean():
