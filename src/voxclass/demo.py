@@ -33,7 +33,8 @@ class DemoConfig:
     new_wording_per_intent: int = 30
     """Synthetic clips per intent in test_new_wording (held-out phrasings, unseen voices)."""
     epochs: float = 22
-    """Training epochs over the clean clips (SpecAugment masks still vary every step)."""
+    """Training epochs over the clean clips (an encoder that trains adds fresh SpecAugment
+    masks every step; the frozen one under the keywords head adds none)."""
     time_budget_minutes: float = 8.0
     """Wall-clock bound on training (the best epoch so far is kept)."""
     model: str = "speech-tiny"

@@ -211,7 +211,7 @@ def featurize(
 
     With `augment` (training) copy 0 is the clean clip and every further copy a random crop with
     its own augmentation; without it (evaluation) a clip is taken from its start. SpecAugment,
-    where the model has it, adds fresh masks on top at every step.
+    where the model has it and its encoder trains, adds fresh masks on top at every step.
     """
     from datasets import concatenate_datasets
 
