@@ -100,8 +100,9 @@ class KeywordHeadForAudioClassification(PooledHeadModel):
 
     def train(self, mode: bool = True) -> KeywordHeadForAudioClassification:
         """Train mode for the head; a frozen encoder stays in eval mode. Its dropout and
-        SpecAugment would only add noise to features that never learn (and cost about half
-        of each training step); on unseen wording the head does better without that noise."""
+        SpecAugment would only add noise to features that never learn, at a large share of
+        each step's time, and the head carries to unseen wording better without that noise
+        (README, "The frozen encoder in eval mode")."""
         super().train(mode)
         if mode and not any(p.requires_grad for p in self.encoder.parameters()):
             self.encoder.eval()
