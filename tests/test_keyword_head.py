@@ -121,10 +121,10 @@ def test_members_learn_on_their_own_and_answer_by_their_mean():
     model, extractor = build_model(
         "tiny", LABELS, head="keywords", members=3, detectors=4, classifier_dropout=0.0
     )
-    from voxclass.features import extract_one, pad_batch
+    from voxclass.features import pad_batch
 
     rate = extractor.sampling_rate
-    inputs = pad_batch(extractor, [extract_one(extractor, c, rate) for c in waves(rate)])
+    inputs = pad_batch(extractor, extracted(extractor, waves(rate), rate))
     labels = torch.tensor([0, 1, 2])
     model.train()
     out = model(**inputs, labels=labels)
