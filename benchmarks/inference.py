@@ -12,6 +12,7 @@ call, on the first `--latency-clips` clips. Agreement is top-1 agreement with vo
     python benchmarks/inference.py --model DIR --calibrate DATA  # + a static int8 row
     python benchmarks/inference.py --model-size base-ln --save-fresh DIR  # to train, then --model
     python benchmarks/inference.py --model DIR --speaker theo --clips 250  # single digits
+    python benchmarks/inference.py --model DIR --clips-from DATA --clips 400  # your own clips
 
 `--calibrate DATA` (a folder or manifest of clips) adds static int8 calibrated on DATA
 (`voxclass export --int8 --calibrate DATA`) beside the default dynamic int8.
@@ -42,7 +43,7 @@ from transformers import (
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
-from voxclass.export import export
+from voxclass.export import calibration_clips, export
 from voxclass.model import build_model, label_maps
 
 # The recordings live in shared/data/fsdd beside the checkout (a worktree sits one level deeper).
@@ -98,6 +99,18 @@ def fsdd_clips(n: int, rate: int, seed: int = 0, speaker: str | None = None) -> 
     return clips
 
 
+def benchmark_clips(
+    n: int, rate: int, max_seconds: float, speaker: str | None, clips_from: Path | None
+) -> tuple[list[np.ndarray], str]:
+    """The clips to time and compare on, and how the table names them: up to `n` whole clips of
+    the folder or manifest `clips_from` (an even sample, as `--calibrate` takes its clips, each
+    cut to the model's `max_seconds`), else `fsdd_clips`."""
+    if clips_from:
+        clips, _ = calibration_clips(clips_from, rate, max_seconds, n)
+        return clips, f"clips of {clips_from}"
+    return fsdd_clips(n, rate, speaker=speaker), f"FSDD {speaker or 'concatenation'} clips"
+
+
 def size_mb(path: Path, pattern: str) -> float:
     return sum(p.stat().st_size for p in path.glob(pattern)) / 1e6
 
@@ -135,6 +148,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 clips, 1 round (seconds)")
     parser.add_argument("--calibrate", type=Path, help="clips for a static int8 row")
     parser.add_argument(
+        "--clips-from",
+        type=Path,
+        help="time and compare on up to --clips clips of this folder or manifest (an even "
+        "sample, as --calibrate takes its clips) instead of FSDD recordings",
+    )
+    parser.add_argument(
         "--save-fresh",
         type=Path,
         help="write the fresh --model-size model (random weights, seed 0) here and stop: "
@@ -147,6 +166,8 @@ def main() -> None:
         fresh_model(args.model_size, args.save_fresh)
         print(f"fresh {args.model_size} model (random weights, seed 0) in {args.save_fresh}")
         return
+    if args.clips_from and args.speaker:
+        parser.error("--clips-from and --speaker choose the clips both ways: give one")
     if args.quick:
         args.clips, args.latency_clips, args.rounds = 12, 4, 1
 
@@ -167,7 +188,9 @@ def main() -> None:
 
     torch_clf = Classifier.load(model_dir)
     rate = torch_clf.sampling_rate
-    clips = fsdd_clips(args.clips, rate, speaker=args.speaker)
+    clips, described = benchmark_clips(
+        args.clips, rate, torch_clf.max_seconds, args.speaker, args.clips_from
+    )
     label_ids = {label: i for i, label in enumerate(torch_clf.labels)}
 
     seed = pipeline("audio-classification", model=str(model_dir), device="cpu")
@@ -210,7 +233,7 @@ def main() -> None:
 
     seconds = [len(c) / rate for c in clips]
     print(
-        f"\n{title}; {len(clips)} FSDD {args.speaker or 'concatenation'} clips of "
+        f"\n{title}; {len(clips)} {described} of "
         f"{min(seconds):.1f}-{max(seconds):.1f} s (mean {np.mean(seconds):.1f} s) at {rate} Hz; "
         f"clips/s: median of {args.rounds} interleaved rounds; latency over "
         f"{min(args.latency_clips, len(clips))} clips\n"

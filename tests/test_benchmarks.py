@@ -295,3 +295,18 @@ def test_inference_clips_of_one_speaker_are_single_recordings_of_that_speaker():
     assert [len(c) for c in clips] == [sf.info(f).frames for f in theirs]
     with pytest.raises(SystemExit, match="--speaker nobody"):
         fsdd_clips(5, 8000, speaker="nobody")
+
+
+def test_inference_clips_from_a_folder_are_an_even_sample_of_its_whole_clips(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    from inference import FSDD, benchmark_clips
+
+    files = sorted(FSDD.glob("3/*_jackson_*.wav"))[:6]
+    for f in files:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    clips, described = benchmark_clips(4, 8000, 30.0, None, tmp_path)
+    assert described == f"clips of {tmp_path}" and len(clips) == 4
+    lengths = {sf.info(f).frames for f in files}  # FSDD is recorded at 8 kHz: no resampling
+    assert {len(c) for c in clips} <= lengths
+    everything, _ = benchmark_clips(10, 8000, 30.0, None, tmp_path)
+    assert sorted(len(c) for c in everything) == sorted(sf.info(f).frames for f in files)
