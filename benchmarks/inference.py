@@ -4,7 +4,10 @@ inference on torch, ONNX fp32 and ONNX int8. Same model, same clips, one run; pr
 Clips are concatenations of real FSDD digits, 1-10 s long. Throughput is clips/s over all
 clips (voxclass batches clips of similar length): the median of `--rounds` passes that take the
 backends in turn, so a slow spell of the machine hits every backend. Latency is one clip per
-call, on the first `--latency-clips` clips. Agreement is top-1 agreement with voxclass torch.
+call, on the first `--latency-clips` clips. Agreement is top-1 agreement with voxclass torch;
+below the table, the torch model's top-1 margins (logit gap between its two best labels) and
+those of the clips each backend answers otherwise: int8 rounding flips near-ties first, so a
+weak model with small margins disagrees more than a confident one.
 
     python benchmarks/inference.py [--model DIR] [--model-size tiny|base] [--clips 200] [--rounds 3]
     python benchmarks/inference.py --model demo/model --rounds 3     # the README's demo table
@@ -132,6 +135,32 @@ def latencies_ms(run_one, clips) -> list[float]:
     return out
 
 
+def top1_margins(probs: np.ndarray) -> np.ndarray:
+    """Each clip's gap between its two best labels, in logits (log-probabilities): how far a
+    perturbation of the model has to push its scores to change its answer."""
+    best_two = np.sort(np.log(np.maximum(probs, 1e-30)), axis=1)[:, -2:]
+    return best_two[:, 1] - best_two[:, 0]
+
+
+def print_margins(probs: np.ndarray, top1: dict[str, list], reference: str) -> None:
+    """Whether the backends disagree with `reference` on near-ties: the reference's top-1
+    margins, and for each backend the margins of the clips it answers differently."""
+    margins = top1_margins(probs)
+    print(
+        f"\n{reference} top-1 margin (logit gap to the second label): median "
+        f"{np.median(margins):.3f}, {np.mean(margins < 0.1):.1%} of clips under 0.1"
+    )
+    for name, answers in top1.items():
+        flipped = margins[np.asarray(answers) != np.asarray(top1[reference])]
+        if len(flipped):
+            below = np.mean(margins <= flipped.max())
+            print(
+                f"{name}: {len(flipped)} clips answered otherwise, at margins "
+                f"{flipped.min():.3f}-{flipped.max():.3f} ({below:.1%} of clips are at or under "
+                f"{flipped.max():.3f})"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="trained model dir (default: fresh model)")
@@ -255,6 +284,8 @@ def main() -> None:
             f"{np.percentile(latency[name], 50):8.1f} {np.percentile(latency[name], 95):8.1f} "
             f"{mb:7.1f} {agree:5.1%}"
         )
+    if not torch_clf.multi_label:
+        print_margins(torch_clf.probabilities(clips, args.batch_size), top1, names[1])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -43,7 +44,11 @@ def check_batch_invariance(output: str) -> None:
 
 
 def check_inference(output: str) -> None:
-    lines = [line for line in output.splitlines() if line.startswith(("pipeline", "voxclass"))]
+    lines = [  # the table's rows; the margin lines below it have a colon
+        line
+        for line in output.splitlines()
+        if line.startswith(("pipeline", "voxclass")) and ":" not in line
+    ]
     rows = {line[:36].strip(): line[36:].split() for line in lines}
     assert list(rows) == [
         "pipeline, 1 clip/call",
@@ -61,6 +66,14 @@ def check_inference(output: str) -> None:
         assert rows[name][6] == "100.0%", (name, rows[name])
     megabytes = {name: float(cells[5]) for name, cells in rows.items()}
     assert megabytes["voxclass onnx int8, 1 clip/run"] < megabytes["voxclass torch, batch 16"]
+    margin = re.search(
+        r"^voxclass torch, batch 16 top-1 margin .*: median ([\d.]+), ", output, re.M
+    )
+    assert margin and float(margin.group(1)) >= 0, output
+    for name, low, high in re.findall(
+        r"^(.+): \d+ clips answered otherwise, at margins ([\d.]+)-([\d.]+) ", output, re.M
+    ):
+        assert name in rows and 0 <= float(low) <= float(high), output
 
 
 def check_serve_load(output: str) -> None:
@@ -310,3 +323,12 @@ def test_inference_clips_from_a_folder_are_an_even_sample_of_its_whole_clips(tmp
     assert {len(c) for c in clips} <= lengths
     everything, _ = benchmark_clips(10, 8000, 30.0, None, tmp_path)
     assert sorted(len(c) for c in everything) == sorted(sf.info(f).frames for f in files)
+
+
+def test_inference_margins_are_the_logit_gap_between_the_two_best_labels():
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    from inference import top1_margins
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.45, 0.45], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(top1_margins(probs)[:2], [np.log(0.7 / 0.2), 0.0], atol=1e-6)
+    assert top1_margins(probs)[2] > 60  # a zero probability: a huge gap, not inf or nan
