@@ -105,9 +105,9 @@ def fsdd_clips(n: int, rate: int, seed: int = 0, speaker: str | None = None) -> 
 def benchmark_clips(
     n: int, rate: int, max_seconds: float, speaker: str | None, clips_from: Path | None
 ) -> tuple[list[np.ndarray], str]:
-    """The clips to time and compare on, and how the table names them: up to `n` whole clips of
-    the folder or manifest `clips_from` (an even sample, as `--calibrate` takes its clips, each
-    cut to the model's `max_seconds`), else `fsdd_clips`."""
+    """The clips to time and compare on, and how the table names them: up to `n` clips of the
+    folder or manifest `clips_from`, sampled and cut to the model's `max_seconds` as
+    `--calibrate` takes its clips; else `fsdd_clips`."""
     if clips_from:
         clips, _ = calibration_clips(clips_from, rate, max_seconds, n)
         return clips, f"clips of {clips_from}"
