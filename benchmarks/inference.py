@@ -46,7 +46,7 @@ from transformers import (
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
-from voxclass.export import calibration_clips, export
+from voxclass.export import calibration_clips, export, top1_margins
 from voxclass.model import build_model, label_maps
 
 # The recordings live in shared/data/fsdd beside the checkout (a worktree sits one level deeper).
@@ -135,17 +135,10 @@ def latencies_ms(run_one, clips) -> list[float]:
     return out
 
 
-def top1_margins(probs: np.ndarray) -> np.ndarray:
-    """Each clip's gap between its two best labels, in logits (log-probabilities): how far a
-    perturbation of the model has to push its scores to change its answer."""
-    best_two = np.sort(np.log(np.maximum(probs, 1e-30)), axis=1)[:, -2:]
-    return best_two[:, 1] - best_two[:, 0]
-
-
 def print_margins(probs: np.ndarray, top1: dict[str, list], reference: str) -> None:
     """Whether the backends disagree with `reference` on near-ties: the reference's top-1
     margins, and for each backend the margins of the clips it answers differently."""
-    margins = top1_margins(probs)
+    margins = top1_margins(np.log(np.maximum(probs, 1e-30)))  # a logit gap, from probabilities
     print(
         f"\n{reference} top-1 margin (logit gap to the second label): median "
         f"{np.median(margins):.3f}, {np.mean(margins < 0.1):.1%} of clips under 0.1"

@@ -16,7 +16,7 @@ from conftest import TONES, burst, free_port, run_cli, write_local_wav2vec2, wri
 from voxclass import Classifier
 from voxclass.audio import load_audio
 from voxclass.data import DataError
-from voxclass.export import export, validation_clips
+from voxclass.export import export, top1_margins, validation_clips
 from voxclass.features import extract_one, pad_batch
 from voxclass.model import ModelError, build_model
 from voxclass.runtime import OnnxBackend
@@ -124,9 +124,24 @@ def test_int8_agreement_is_what_onnxruntime_gives_against_torch(tmp_path):
         padded = extractor.pad({extractor.model_input_names[0]: features}, return_tensors="np")
         feed = {i.name: padded[i.name].astype(kinds[i.type]) for i in session.get_inputs()}
         int8_top1.extend(session.run(["logits"], feed)[0].argmax(1))
-    agreement = np.mean(np.asarray(int8_top1) == reference.probabilities(clips).argmax(1))
+    probs = reference.probabilities(clips)
+    flipped = np.asarray(int8_top1) != probs.argmax(1)
+    agreement = 1 - flipped.mean()
     assert 0.5 < agreement < 1.0  # random weights: some answers flip, most do not
     assert report.clips == len(clips) and report.agreement == agreement
+    # The largest torch margin among the flipped clips; a softmax keeps the logits' gaps.
+    margins = top1_margins(np.log(probs))
+    assert report.flipped_margin == pytest.approx(margins[flipped].max(), abs=1e-4)
+    assert report.flipped_margin < np.median(margins)  # near-ties flip first
+    saved = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert saved["flipped_margin"] == report.flipped_margin
+    with pytest.raises(ModelError, match=r"on 24 clips, torch's margin on those it answers other"):
+        export(src, tmp_path / "strict", int8=True, clips=clips, min_agreement=1.0)
+
+
+def test_top1_margins_are_the_gap_between_the_two_best_scores():
+    logits = np.array([[2.0, 0.5, 1.0], [1.0, 1.0, -3.0], [-1.0, -4.0, -2.5]])
+    np.testing.assert_allclose(top1_margins(logits), [1.0, 0.0, 1.5])
 
 
 def test_static_int8_calibrated_on_clips_quantizes_the_convolutions_and_agrees(
@@ -242,7 +257,7 @@ def test_cli_export_and_its_errors(tmp_path, monkeypatch, capsys):
     src = save_preset("tiny-wav2vec2", tmp_path / "model")
     code, out, err = run_cli(monkeypatch, capsys, "export", src, "--out", tmp_path / "onnx")
     assert code == 0, err
-    assert "top-1 agreement 100.0%" in out
+    assert "top-1 agreement 100.0%" in out and "margin" not in out  # nothing answered otherwise
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     with pytest.raises(ModelError, match="not an empty folder"):
         export(src, tmp_path / "onnx")

@@ -153,9 +153,7 @@ class ConfigCommand(click.Command):
 
     def _invoke(self, config_file: str | None, **values: Any) -> Any:
         spec = self.spec
-        values = {
-            k: (list(v) or None) if isinstance(v, tuple) else v for k, v in values.items()
-        }
+        values = {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in values.items()}
         config = build_config(
             spec.config,
             Path(config_file) if config_file else None,
@@ -476,6 +474,7 @@ def _export_spec() -> Spec:
 def export(config) -> None:
     """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
     from .export import export as run_export
+    from .export import margin_note
 
     report = run_export(
         config.model,
@@ -489,7 +488,7 @@ def export(config) -> None:
     _print(
         f"exported {report.path} ({kind}, "
         f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
-        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips"
+        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips{margin_note(report)}"
     )
 
 

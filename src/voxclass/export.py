@@ -70,6 +70,10 @@ class ExportReport:
     """Where the compared clips came from."""
     calibration: dict[str, Any] | None = None
     """Static int8 only: the clips and method the activation scales came from."""
+    flipped_margin: float | None = None
+    """Largest torch top-1 margin (logit gap to its second label) among the clips the export
+    answers otherwise; None when it agrees on every clip. A small one means int8 rounding
+    flipped near-ties, not answers the model was sure of."""
 
 
 def validation_clips(sampling_rate: int, max_seconds: float) -> list[np.ndarray]:
@@ -124,20 +128,31 @@ def _export_graph(model: Any, example: dict[str, Any], path: Path) -> None:
         )
 
 
+def top1_margins(scores: np.ndarray) -> np.ndarray:
+    """Each row's gap between its best and second-best score (give logits or log-probabilities):
+    how far a perturbation of the model, such as int8 rounding, has to move the scores to change
+    the answer."""
+    best_two = np.sort(scores, axis=1)[:, -2:]
+    return best_two[:, -1] - best_two[:, 0]
+
+
 def _compare(
     reference: Backend, onnx: Backend, clips: list[np.ndarray], rate: int, shortest: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float | None]:
     """Max abs logit difference and top-1 agreement, torch vs onnxruntime, on batches of
-    similar-length clips (both see the same padded inputs)."""
+    similar-length clips (both see the same padded inputs); and the largest torch top-1 margin
+    among the clips they answer differently (None: none)."""
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
-    diff, same = 0.0, 0
+    diff, same, flipped = 0.0, 0, []
     for start in range(0, len(order), 4):
         batch = order[start : start + 4]
         features = [extract_one(reference.extractor, clips[i], rate, shortest) for i in batch]
         expected, got = reference.logits(features), onnx.logits(features)
         diff = max(diff, float(np.abs(expected - got).max()))
-        same += int((expected.argmax(1) == got.argmax(1)).sum())
-    return diff, same / len(clips)
+        agrees = expected.argmax(1) == got.argmax(1)
+        same += int(agrees.sum())
+        flipped.extend(top1_margins(expected)[~agrees].tolist())
+    return diff, same / len(clips), max(flipped, default=None)
 
 
 def calibration_clips(
@@ -241,7 +256,7 @@ def export(
         extractors.save(extractor, tmp, clips)
         dynamic = int8 and calibration is None  # one clip per run, as it will be loaded
         onnx = OnnxBackend(tmp / ONNX_FILE, model.config, extractor, per_clip=dynamic)
-        diff, agreement = _compare(reference, onnx, clips, rate, shortest)
+        diff, agreement, flipped_margin = _compare(reference, onnx, clips, rate, shortest)
         report = ExportReport(
             str(out),
             int8,
@@ -251,18 +266,28 @@ def export(
             (tmp / ONNX_FILE).stat().st_size,
             checked_on,
             calibration_info,
+            flipped_margin,
         )
         if (not int8 and diff > max_diff) or agreement < min_agreement:
             raise ModelError(
                 f"{model_dir}: the ONNX export does not match torch (max logit diff {diff:.2e}, "
-                f"top-1 agreement {agreement:.1%} on {len(clips)} clips; limits {max_diff:g} "
-                f"fp32 / {min_agreement:.0%}); nothing written to {out}"
+                f"top-1 agreement {agreement:.1%} on {len(clips)} clips{margin_note(report)}; "
+                f"limits {max_diff:g} fp32 / {min_agreement:.0%}); nothing written to {out}"
             )
         (tmp / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
         publish_folder(tmp, out)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def margin_note(report: ExportReport) -> str:
+    """What the report says of the clips answered otherwise, for a message: ", torch's margin
+    on those it answers otherwise at most N logits", or nothing when it agrees on all."""
+    if report.flipped_margin is None:
+        return ""
+    margin = report.flipped_margin
+    return f", torch's margin on those it answers otherwise at most {margin:.3f} logits"
 
 
 def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
