@@ -46,6 +46,7 @@ from transformers import (
 
 from voxclass import Classifier
 from voxclass.audio import load_audio
+from voxclass.data import DataError
 from voxclass.export import calibration_clips, export, top1_margins
 from voxclass.model import build_model, label_maps
 
@@ -107,9 +108,13 @@ def benchmark_clips(
 ) -> tuple[list[np.ndarray], str]:
     """The clips to time and compare on, and how the table names them: up to `n` clips of the
     folder or manifest `clips_from`, sampled and cut to the model's `max_seconds` as
-    `--calibrate` takes its clips; else `fsdd_clips`."""
+    `--calibrate` takes its clips (a missing, empty or undecodable one is a one-line exit);
+    else `fsdd_clips`."""
     if clips_from:
-        clips, _ = calibration_clips(clips_from, rate, max_seconds, n)
+        try:
+            clips, _ = calibration_clips(clips_from, rate, max_seconds, n)
+        except DataError as err:
+            raise SystemExit(f"--clips-from {err}") from None
         return clips, f"clips of {clips_from}"
     return fsdd_clips(n, rate, speaker=speaker), f"FSDD {speaker or 'concatenation'} clips"
 

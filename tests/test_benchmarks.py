@@ -322,3 +322,5 @@ def test_inference_clips_from_a_folder_are_an_even_sample_of_its_whole_clips(tmp
     assert {len(c) for c in clips} <= lengths
     everything, _ = benchmark_clips(10, 8000, 30.0, None, tmp_path)
     assert sorted(len(c) for c in everything) == sorted(sf.info(f).frames for f in files)
+    with pytest.raises(SystemExit, match=r"^--clips-from \S*nowhere: no such file or folder$"):
+        benchmark_clips(4, 8000, 30.0, None, tmp_path / "nowhere")
