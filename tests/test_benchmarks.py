@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from conftest import FSDD
+
+from voxclass.export import INT8_FORMS
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TIMEOUT = 600  # seconds per benchmark; a quick run takes well under a minute of CPU
@@ -48,12 +51,21 @@ def check_inference(output: str) -> None:
         for line in output.splitlines()
         if line.startswith(("pipeline", "voxclass")) and ":" not in line
     ]
-    rows = {line[:36].strip(): line[36:].split() for line in lines}
+    rows = {line[:52].strip(): line[52:].split() for line in lines}
+    # --calibrate with --min-agreement 1.0 (QUICK_ARGS): the form the export kept, named
+    form = re.search(r"^calibrated on 150 clips of \S+: (.+?), ([\d.]+)% on 50 ", output, re.M)
+    assert form and form.group(1) in INT8_FORMS, output
+    calibrated = {
+        "static int8": "voxclass onnx int8 static, batch 16",
+        "static int8 with fp32 convolutions": "voxclass onnx int8 static, fp32 conv, batch 16",
+        "dynamic int8": "voxclass onnx int8 dynamic (calibrated), 1 clip/run",
+    }[form.group(1)]
     assert list(rows) == [
         "pipeline, 1 clip/call",
         "voxclass torch, batch 16",
         "voxclass onnx fp32, batch 16",
         "voxclass onnx int8, 1 clip/run",
+        calibrated,
     ], output
     for name, (clips_per_s, _spread, ratio, p50, p95, mb, agree) in rows.items():
         assert float(clips_per_s) > 0 and ratio.endswith("x"), (name, rows[name])
@@ -265,6 +277,9 @@ def check_whole_process(output: str) -> None:
     assert 0 <= agreement <= 100, output
 
 
+QUICK_ARGS = {"inference.py": ["--calibrate", str(FSDD / "3"), "--min-agreement", "1.0"]}
+"""More than --quick, for a benchmark whose quick run would miss a code path otherwise."""
+
 BENCHMARKS: dict[str, Callable[[str], None]] = {
     "batch_invariance.py": check_batch_invariance,
     "inference.py": check_inference,
@@ -289,7 +304,7 @@ def test_every_benchmark_is_checked():
 @pytest.mark.parametrize("script", sorted(BENCHMARKS))
 def test_benchmark_runs_quick_and_prints_its_table(script):
     run = subprocess.run(
-        [sys.executable, str(BENCHMARKS_DIR / script), "--quick"],
+        [sys.executable, str(BENCHMARKS_DIR / script), "--quick", *QUICK_ARGS.get(script, [])],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

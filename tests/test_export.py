@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,17 @@ from conftest import TONES, burst, free_port, run_cli, write_local_wav2vec2, wri
 from voxclass import Classifier
 from voxclass.audio import load_audio
 from voxclass.data import DataError
-from voxclass.export import export, top1_margins, validation_clips
+from voxclass.export import (
+    INT8_FORMS,
+    export,
+    int8_forms,
+    quantize_static_int8,
+    top1_margins,
+    validation_clips,
+)
 from voxclass.features import extract_one, pad_batch
 from voxclass.model import ModelError, build_model
-from voxclass.runtime import OnnxBackend
+from voxclass.runtime import OnnxBackend, is_dynamic_int8
 from voxclass.stream import StreamSettings, stream_file
 
 
@@ -157,7 +165,8 @@ def test_static_int8_calibrated_on_clips_quantizes_the_convolutions_and_agrees(
     report = export(trained_tone_model, tmp_path / "int8", int8=True, calibrate=data)
     assert report.calibration["clips"] == 18 and report.calibration["files_listed"] == 24
     assert report.clips == 6 and "not used to calibrate" in report.checked_on
-    assert report.agreement == 1.0
+    assert report.agreement == 1.0 and report.form == "static int8"
+    assert report.calibration["tried"] == []  # it agreed: nothing given up
     saved = json.loads((tmp_path / "int8" / "export.json").read_text())
     assert saved["calibration"]["method"] == "MinMax" and saved["calibration"]["format"] == "QDQ"
 
@@ -224,6 +233,84 @@ def test_static_int8_keeps_the_raw_waveform_convolution_in_float(tmp_path):
     convs = {n.name: made_by.get(n.input[0]) for n in graph.node if n.op_type == "Conv"}
     first, second = (next(v for k, v in convs.items() if f"conv_layers.{i}/" in k) for i in (0, 1))
     assert first != "DequantizeLinear" and second == "DequantizeLinear"
+
+
+def test_calibrated_int8_short_of_min_agreement_gives_up_precision_in_order(
+    tmp_path, monkeypatch, capsys
+):
+    """Below --min-agreement on the held-out clips, static int8 puts the convolutions back in
+    fp32, then falls back to dynamic int8, before refusing; export.json and the message say
+    which forms fell short. Random weights give near-ties, which static int8 flips."""
+    torch.manual_seed(0)
+    write_local_wav2vec2(tmp_path / "w2v")
+    data = write_tone_folder(tmp_path / "clips", per_class=8)
+    (data / "noise").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        sf.write(data / "noise" / f"{i}.wav", 0.1 * rng.standard_normal(16000), 16000)
+    first = export(tmp_path / "w2v", tmp_path / "any", int8=True, calibrate=data, min_agreement=0)
+    assert first.form == "static int8" and first.calibration["tried"] == []
+    assert first.agreement < 1.0  # the premise: static int8 flips some of these answers
+
+    args = ("export", tmp_path / "w2v", "--out", tmp_path / "all", "--int8", "--calibrate", data)
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--min-agreement", "1.0")
+    forms = list(INT8_FORMS)
+    if code == 0:  # some form agrees on every clip: the first such, after those that did not
+        saved = json.loads((tmp_path / "all" / "export.json").read_text())
+        tried = saved["calibration"]["tried"]
+        assert saved["agreement"] == 1.0 and [t["form"] for t in tried] == forms[: len(tried)]
+        assert saved["form"] == forms[len(tried)] and f"({saved['form']}, " in out
+        assert saved["calibration"]["kept_float"] == INT8_FORMS[saved["form"]]
+        assert is_dynamic_int8(tmp_path / "all") == (saved["form"] == "dynamic int8")
+    else:  # none did: refused, naming each form's agreement
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "nothing written" in line, err
+        found = re.findall(r"(\w[\w ]*?) ([\d.]+)%", line.split("before it: ")[1].split(";")[0])
+        tried = [{"form": f, "agreement": float(a) / 100} for f, a in found]
+        assert [t["form"] for t in tried] == forms[:2], err
+        assert not (tmp_path / "all").exists()
+    assert tried[0]["form"] == "static int8"
+    assert tried[0]["agreement"] == pytest.approx(first.agreement, abs=1e-3)  # same scales
+    assert all(t["agreement"] < 1.0 for t in tried)
+
+
+def test_static_int8_with_fp32_convolutions_quantizes_only_the_matmuls(tmp_path):
+    """The second form tried: no convolution reads int8, every matmul but the head's does."""
+    import onnx
+
+    torch.manual_seed(0)
+    write_local_wav2vec2(tmp_path / "w2v")
+    clf = Classifier.load(tmp_path / "w2v")
+    export(tmp_path / "w2v", tmp_path / "fp32")
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    forms = int8_forms(fp32, calibrated=True)
+    assert list(forms) == list(INT8_FORMS) and forms["dynamic int8"] is None
+    assert set(forms["static int8"]) < set(forms["static int8 with fp32 convolutions"])
+    rng = np.random.default_rng(0)
+    runner = OnnxBackend(fp32, clf.model.config, clf.extractor)
+    feeds = [runner.feed([0.1 * rng.standard_normal(16000).astype(np.float32)]) for _ in range(4)]
+    quantize_static_int8(
+        fp32, tmp_path / "int8.onnx", feeds, forms["static int8 with fp32 convolutions"]
+    )
+
+    graph = onnx.load(tmp_path / "int8.onnx").graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    heavy = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    reads_int8 = {n.name: made_by.get(n.input[0]) == "DequantizeLinear" for n in heavy}
+    convs = [n.name for n in heavy if n.op_type == "Conv"]
+    matmuls = [n.name for n in heavy if n.op_type != "Conv"]
+    head = [n for n in matmuls if "/projector/" in n or "/classifier/" in n]
+    assert len(convs) == 3 and not any(reads_int8[n] for n in convs)  # 2 encoder + positional
+    assert head and all(reads_int8[n] != (n in head) for n in matmuls)
+    # An export without `form` in export.json was written before the forms: dynamic when int8
+    # without calibration, as then.
+    for report, dynamic in (
+        ({"int8": True}, True),
+        ({"int8": True, "calibration": {}}, True),
+        ({"int8": True, "calibration": {"clips": 3}}, False),
+    ):
+        (tmp_path / "export.json").write_text(json.dumps(report))
+        assert is_dynamic_int8(tmp_path) == dynamic, report
 
 
 def test_exports_a_model_saved_by_plain_transformers(tmp_path):

@@ -473,8 +473,8 @@ def _export_spec() -> Spec:
 @command("export", _export_spec)
 def export(config) -> None:
     """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
+    from .export import check_note
     from .export import export as run_export
-    from .export import margin_note
 
     report = run_export(
         config.model,
@@ -484,11 +484,10 @@ def export(config) -> None:
         calibration_limit=config.calibration_clips,
         min_agreement=config.min_agreement,
     )
-    kind = "fp32" if not report.int8 else "static int8" if report.calibration else "int8"
     _print(
-        f"exported {report.path} ({kind}, "
+        f"exported {report.path} ({report.form}, "
         f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
-        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips{margin_note(report)}"
+        f"top-1 agreement {report.agreement:.1%} on {report.clips} clips{check_note(report)}"
     )
 
 

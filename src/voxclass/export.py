@@ -5,8 +5,11 @@ The exported directory is self-contained: `model.onnx`, the feature extractor co
 `Classifier.load(DIR)` sees `model.onnx` and runs it with onnxruntime (`runtime.OnnxBackend`),
 which needs no torch: a deployment can `pip install voxclass` without the `train` extra.
 
-int8 is dynamic by default (MatMul weights only, see `_quantize`); with calibration clips it is
-static (`_quantize_static`): convolutions too, activation scales fixed from the user's audio.
+int8 is dynamic by default (MatMul weights only, see `quantize_dynamic_int8`); with calibration
+clips it is static (`quantize_static_int8`): convolutions too, activation scales fixed from the
+user's audio.
+Static int8 that misses --min-agreement on the held-out clips gives up precision step by step
+(`INT8_FORMS`: convolutions back to fp32, then dynamic int8) before the export is refused.
 
 Graph: the TorchScript exporter (`dynamo=False`) with `dynamic_axes` on batch and time; see
 `_export_graph` for why not the dynamo one.
@@ -46,18 +49,21 @@ class ExportConfig:
     unless --calibrate is given."""
     calibrate: str | None = None
     """Folder or manifest of your clips: static int8 of the convolutions too, activation scales
-    set from these clips (needs --int8); a quarter of them are held out for the check."""
+    set from these clips (needs --int8); a quarter of them are held out for the check. Below
+    --min-agreement there, the convolutions go back to fp32, then int8 falls back to dynamic."""
     calibration_clips: int = 200
     """At most this many clips from --calibrate (an even random sample, seeded)."""
     min_agreement: float = 0.9
     """The int8 export is kept only if it picks torch's top label on at least this share of
-    the clips it is checked on."""
+    the clips it is checked on (e.g. 0.99 to keep nearly every answer)."""
 
 
 @dataclass
 class ExportReport:
     path: str
     int8: bool
+    form: str
+    """What the graph is: "fp32", or one of the int8 forms of `INT8_FORMS`."""
     clips: int
     """Clips the torch and ONNX models were compared on."""
     max_abs_diff: float
@@ -69,7 +75,8 @@ class ExportReport:
     checked_on: str = "synthetic clips"
     """Where the compared clips came from."""
     calibration: dict[str, Any] | None = None
-    """Static int8 only: the clips and method the activation scales came from."""
+    """With --calibrate: the clips and method the activation scales came from, what the kept
+    form left in fp32, and the agreement of each form tried before it (`tried`)."""
     flipped_margin: float | None = None
     """Largest torch top-1 margin (logit gap to its second label) among the clips the export
     answers otherwise; None when it agrees on every clip. A small one means int8 rounding
@@ -242,36 +249,52 @@ def export(
 
     tmp = staging_folder(out)
     try:
-        example = pad_example(extractor, rate)
-        _export_graph(model, example, tmp / ONNX_FILE)
+        graph = tmp / ONNX_FILE
+        _export_graph(model, pad_example(extractor, rate), graph)
         extractor.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
-        if calibration is not None:
-            fp32 = OnnxBackend(tmp / ONNX_FILE, model.config, extractor)
-            feeds = [fp32.feed([extract_one(extractor, c, rate, shortest)]) for c in calibration]
-            del fp32
-            _quantize_static(tmp / ONNX_FILE, feeds)
-        elif int8:
-            _quantize(tmp / ONNX_FILE)
         extractors.save(extractor, tmp, clips)
-        dynamic = int8 and calibration is None  # one clip per run, as it will be loaded
-        onnx = OnnxBackend(tmp / ONNX_FILE, model.config, extractor, per_clip=dynamic)
-        diff, agreement, flipped_margin = _compare(reference, onnx, clips, rate, shortest)
+        forms: dict[str, list[str] | None] = {"fp32": None}
+        if int8:
+            fp32 = graph.rename(tmp / "model.fp32.onnx")
+            forms = int8_forms(fp32, calibrated=calibration is not None)
+        if calibration is not None:
+            runner = OnnxBackend(fp32, model.config, extractor)
+            feeds = [runner.feed([extract_one(extractor, c, rate, shortest)]) for c in calibration]
+            del runner
+        tried: list[dict[str, Any]] = []
+        for form, kept in forms.items():
+            if form == "dynamic int8":
+                quantize_dynamic_int8(fp32, graph)
+            elif kept is not None:
+                quantize_static_int8(fp32, graph, feeds, kept)
+            # dynamic int8 sets its scales per run: one clip per run, as it will be loaded
+            onnx = OnnxBackend(graph, model.config, extractor, per_clip=form == "dynamic int8")
+            diff, agreement, flipped_margin = _compare(reference, onnx, clips, rate, shortest)
+            tried.append({"form": form, "agreement": agreement})
+            if agreement >= min_agreement:
+                break
+        if int8:
+            fp32.unlink()
+        if calibration_info is not None:
+            calibration_info.update(kept_float=INT8_FORMS[form], tried=tried[:-1])
         report = ExportReport(
             str(out),
             int8,
+            form,
             len(clips),
             diff,
             agreement,
-            (tmp / ONNX_FILE).stat().st_size,
+            graph.stat().st_size,
             checked_on,
             calibration_info,
             flipped_margin,
         )
         if (not int8 and diff > max_diff) or agreement < min_agreement:
             raise ModelError(
-                f"{model_dir}: the ONNX export does not match torch (max logit diff {diff:.2e}, "
-                f"top-1 agreement {agreement:.1%} on {len(clips)} clips{margin_note(report)}; "
+                f"{model_dir}: the ONNX {form} export does not match torch (max logit diff "
+                f"{diff:.2e}, "
+                f"top-1 agreement {agreement:.1%} on {len(clips)} clips{check_note(report)}; "
                 f"limits {max_diff:g} fp32 / {min_agreement:.0%}); nothing written to {out}"
             )
         (tmp / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
@@ -281,13 +304,18 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def margin_note(report: ExportReport) -> str:
-    """What the report says of the clips answered otherwise, for a message: ", torch's margin
-    on those it answers otherwise at most N logits", or nothing when it agrees on all."""
-    if report.flipped_margin is None:
-        return ""
-    margin = report.flipped_margin
-    return f", torch's margin on those it answers otherwise at most {margin:.3f} logits"
+def check_note(report: ExportReport) -> str:
+    """What the check found beyond the agreement, for a message: ", torch's margin on those it
+    answers otherwise at most N logits" (unless it agrees on all) and, when calibrated int8
+    tried other forms first, "; before it: static int8 97.5%, ..." (their agreement)."""
+    note = ""
+    if report.flipped_margin is not None:
+        margin = report.flipped_margin
+        note = f", torch's margin on those it answers otherwise at most {margin:.3f} logits"
+    tried = (report.calibration or {}).get("tried")
+    if tried:
+        note += "; before it: " + ", ".join(f"{t['form']} {t['agreement']:.1%}" for t in tried)
+    return note
 
 
 def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
@@ -297,15 +325,13 @@ def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
     return pad_batch(extractor, [extract_one(extractor, w, rate) for w in waves])
 
 
-def _quantize(path: Path) -> None:
+def quantize_dynamic_int8(fp32: Path, path: Path) -> None:
     """Dynamic int8 quantization of the matrix multiplications' weights, one scale per output
     channel (activations stay float, quantized per batch). Convolutions stay fp32: onnxruntime's
     integer convolution (ConvInteger) made a wav2vec2-base-sized model 1.7x slower than fp32,
     and one scale per tensor flipped 3.5 % of a trained tiny model's top-1 answers."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = path.with_name("model.fp32.onnx")
-    path.rename(fp32)
     quantize_dynamic(
         str(fp32),
         str(path),
@@ -313,7 +339,6 @@ def _quantize(path: Path) -> None:
         per_channel=True,
         op_types_to_quantize=["MatMul", "Gemm"],
     )
-    fp32.unlink()
 
 
 STATIC_SETTINGS: dict[str, Any] = {
@@ -323,40 +348,71 @@ STATIC_SETTINGS: dict[str, Any] = {
     "per_channel": True,
     "activations": "uint8",
     "weights": "int8",
-    "kept_float": ["convolutions over one input channel (a raw waveform)", "classification head"],
 }
-"""What `_quantize_static` does, recorded in export.json."""
+"""What `quantize_static_int8` does, recorded in export.json."""
+
+INT8_FORMS: dict[str, list[str]] = {
+    "static int8": ["convolutions over one input channel (a raw waveform)", "classification head"],
+    "static int8 with fp32 convolutions": ["every convolution", "classification head"],
+    "dynamic int8": ["every convolution"],
+}
+"""The int8 forms of an export with calibration clips and what each keeps in fp32 (dynamic
+int8 quantizes the matmuls' activations per run, not from the clips). They are tried in this
+order, the fastest first, until one agrees with torch on --min-agreement of the held-out clips.
+The convolutions come back first: on a wav2vec2-base-sized model they are where static int8
+loses answers (its feature encoder's large convolutions, whose uint8 inputs round away what
+separates close scores)."""
+
+
+def int8_forms(fp32: Path, calibrated: bool) -> dict[str, list[str] | None]:
+    """The int8 forms of `INT8_FORMS` to try on the graph `fp32`, in turn, each with the nodes
+    static int8 keeps in fp32 (None: dynamic int8, the only one without calibration). A form
+    that would keep the same nodes as the one before is skipped."""
+    if not calibrated:
+        return {"dynamic int8": None}
+    import onnx
+
+    graph = onnx.load(fp32).graph
+    forms: dict[str, list[str] | None] = {"static int8": kept_float(graph)}
+    with_convolutions = kept_float(graph, convolutions=True)
+    if with_convolutions != forms["static int8"]:
+        forms["static int8 with fp32 convolutions"] = with_convolutions
+    forms["dynamic int8"] = None
+    return forms
+
 
 HEAD_MODULES = ("projector", "classifier")
 """transformers' names for the layers of an audio classification head (wav2vec2, HuBERT,
 WavLM, Wav2Vec2-BERT, Whisper...), as they appear in the exported graph's node names."""
 
 
-def kept_float(graph: Any) -> list[str]:
+def kept_float(graph: Any, convolutions: bool = False) -> list[str]:
     """Nodes of an ONNX graph that static int8 leaves in fp32: convolutions over one input
     channel, not grouped (a wav2vec2-family model's raw waveform, also AST's spectrogram
     patches), whose input one uint8 scale covers badly from silence to a shout, and the
     classification head, whose few narrow activations decide between close scores. Both are a
-    sliver of the compute."""
+    sliver of the compute. With `convolutions`, every convolution."""
     weights = {init.name: init for init in graph.initializer}
     kept = []
     for node in graph.node:
         if node.op_type == "Conv" and node.input[1] in weights:
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if weights[node.input[1]].dims[1] == 1 and groups == 1:
+            if convolutions or (weights[node.input[1]].dims[1] == 1 and groups == 1):
                 kept.append(node.name)
         elif node.op_type in ("MatMul", "Gemm") and set(node.name.split("/")) & set(HEAD_MODULES):
             kept.append(node.name)
     return kept
 
 
-def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 in QDQ form of the convolutions and matrix multiplications but those of
-    `kept_float` (weights one scale per output channel; activations one scale each, from the
-    min and max seen on `feeds`, one clip each so no padding enters the ranges). onnxruntime
-    fuses the quantize/dequantize pairs into integer kernels (QLinearConv, QLinearMatMul).
-    uint8 activations with int8 weights: onnxruntime's advice for x86 CPUs."""
-    import onnx
+def quantize_static_int8(
+    fp32: Path, path: Path, feeds: list[dict[str, np.ndarray]], kept: list[str]
+) -> None:
+    """Static int8 in QDQ form of the graph `fp32`, written to `path`: its convolutions and
+    matrix multiplications but the nodes `kept` (from `kept_float`), weights one scale per
+    output channel, activations one scale each from the min and max seen on `feeds` (one clip
+    each, so no padding enters the ranges). onnxruntime fuses the quantize/dequantize pairs
+    into integer kernels (QLinearConv, QLinearMatMul). uint8 activations with int8 weights:
+    onnxruntime's advice for x86 CPUs."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -372,18 +428,15 @@ def _quantize_static(path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rest, None)
 
-    fp32 = path.with_name("model.fp32.onnx")
-    path.rename(fp32)
     quantize_static(
         str(fp32),
         str(path),
         Feeds(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=STATIC_SETTINGS["ops"],
-        nodes_to_exclude=kept_float(onnx.load(fp32).graph),
+        nodes_to_exclude=kept,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
     )
-    fp32.unlink()

@@ -124,7 +124,9 @@ def is_dynamic_int8(path: Path) -> bool:
         report = json.loads((path / "export.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool(report.get("int8")) and not report.get("calibration")
+    if "form" in report:
+        return report["form"] == "dynamic int8"
+    return bool(report.get("int8")) and not report.get("calibration")  # written before `form`
 
 
 def thread_budget() -> int | None:
