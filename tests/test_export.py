@@ -19,7 +19,9 @@ from voxclass.audio import load_audio
 from voxclass.data import DataError
 from voxclass.export import (
     INT8_FORMS,
+    ExportReport,
     export,
+    held_out_note,
     int8_forms,
     quantize_static_int8,
     top1_margins,
@@ -273,9 +275,32 @@ def test_calibrated_int8_short_of_min_agreement_gives_up_precision_in_order(
     assert tried[0]["agreement"] == pytest.approx(first.agreement, abs=1e-3)  # same scales
     assert all(t["agreement"] < 1.0 for t in tried)
 
+    # A bar static int8 meets: kept, with a note when 12 clips are too few to show that bar.
+    bar = np.floor(first.agreement * 100) / 100
+    args = ("export", tmp_path / "w2v", "--out", tmp_path / "met", "--int8", "--calibrate", data)
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--min-agreement", str(bar))
+    assert code == 0 and "(static int8, " in out and "before it" not in out, err
+    too_few = 3 / first.clips > 1 - bar
+    assert (f"note: {first.clips} held-out clips cannot show {bar:.0%}" in out) == too_few, out
+
+
+def test_the_held_out_note_asks_for_the_clips_that_can_show_the_bar():
+    report = ExportReport("x", True, "static int8", 50, 0.1, 1.0, 1, calibration={"clips": 150})
+    assert held_out_note(report, 0.99) == (
+        "note: 50 held-out clips cannot show 99% agreement (with no flip among them, up to 6% "
+        "of answers may still flip); --calibration-clips 1200 holds out 300"
+    )
+    assert held_out_note(report, 0.9) == ""  # 3 / 50 = 6 %: within the 10 % allowed
+    assert held_out_note(report, 1.0) == ""  # no number of clips shows 100 %
+    report.clips = 300
+    assert held_out_note(report, 0.99) == ""
+    report.clips, report.calibration = 50, None
+    assert held_out_note(report, 0.99) == ""  # not calibrated: checked on the given clips
+
 
 def test_static_int8_with_fp32_convolutions_quantizes_only_the_matmuls(tmp_path):
-    """The second form tried: no convolution reads int8, every matmul but the head's does."""
+    """The second form tried: no feature-encoder convolution reads int8; the grouped positional
+    convolution and every matmul but the head's do."""
     import onnx
 
     torch.manual_seed(0)
@@ -300,7 +325,10 @@ def test_static_int8_with_fp32_convolutions_quantizes_only_the_matmuls(tmp_path)
     convs = [n.name for n in heavy if n.op_type == "Conv"]
     matmuls = [n.name for n in heavy if n.op_type != "Conv"]
     head = [n for n in matmuls if "/projector/" in n or "/classifier/" in n]
-    assert len(convs) == 3 and not any(reads_int8[n] for n in convs)  # 2 encoder + positional
+    encoder = [n for n in convs if "/feature_extractor/" in n]
+    assert len(encoder) == 2 and not any(reads_int8[n] for n in encoder)
+    (positional,) = set(convs) - set(encoder)  # grouped: it stays int8
+    assert "pos_conv" in positional and reads_int8[positional]
     assert head and all(reads_int8[n] != (n in head) for n in matmuls)
     # An export without `form` in export.json was written before the forms: dynamic when int8
     # without calibration, as then.

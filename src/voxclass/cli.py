@@ -473,7 +473,7 @@ def _export_spec() -> Spec:
 @command("export", _export_spec)
 def export(config) -> None:
     """Export to ONNX for onnxruntime; checks the graph against torch before keeping it."""
-    from .export import check_note
+    from .export import check_note, held_out_note
     from .export import export as run_export
 
     report = run_export(
@@ -489,6 +489,8 @@ def export(config) -> None:
         f"{report.size_bytes / 1e6:.1f} MB): max logit diff vs torch {report.max_abs_diff:.2e}, "
         f"top-1 agreement {report.agreement:.1%} on {report.clips} clips{check_note(report)}"
     )
+    if note := held_out_note(report, config.min_agreement):
+        _print(note)
 
 
 def _serve_spec() -> Spec:

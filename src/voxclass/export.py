@@ -318,6 +318,21 @@ def check_note(report: ExportReport) -> str:
     return note
 
 
+def held_out_note(report: ExportReport, min_agreement: float) -> str:
+    """A note when a calibrated export's check had too few clips to show `min_agreement` (below
+    100 %, which no number of clips can show), else "". By the rule of three, no flip among n
+    clips still allows a flip rate of 3/n (95 % confidence): showing 99 % takes 300 clips, and
+    the default 200 hold out 50."""
+    if report.calibration is None or not 3 / report.clips > 1 - min_agreement > 0:
+        return ""
+    needed = int(np.ceil(3 / (1 - min_agreement)))
+    return (
+        f"note: {report.clips} held-out clips cannot show {min_agreement:.0%} agreement (with no "
+        f"flip among them, up to {3 / report.clips:.0%} of answers may still flip); "
+        f"--calibration-clips {4 * needed} holds out {needed}"
+    )
+
+
 def pad_example(extractor: Any, rate: int) -> dict[str, Any]:
     """A two-clip batch of different lengths to trace with (so padding paths are traced)."""
     rng = np.random.default_rng(0)
@@ -353,12 +368,16 @@ STATIC_SETTINGS: dict[str, Any] = {
 
 INT8_FORMS: dict[str, list[str]] = {
     "static int8": ["convolutions over one input channel (a raw waveform)", "classification head"],
-    "static int8 with fp32 convolutions": ["every convolution", "classification head"],
+    "static int8 with fp32 convolutions": [
+        "every ungrouped convolution (a feature encoder's)",
+        "classification head",
+    ],
     "dynamic int8": ["every convolution"],
 }
 """The int8 forms of an export with calibration clips and what each keeps in fp32 (dynamic
 int8 quantizes the matmuls' activations per run, not from the clips). They are tried in this
-order, the fastest first, until one agrees with torch on --min-agreement of the held-out clips.
+order, which is their speed's on a wav2vec2-base-sized model (on a small one dynamic int8 can
+be the fastest), until one agrees with torch on --min-agreement of the held-out clips.
 The convolutions come back first: on a wav2vec2-base-sized model they are where static int8
 loses answers (its feature encoder's large convolutions, whose uint8 inputs round away what
 separates close scores)."""
@@ -391,13 +410,15 @@ def kept_float(graph: Any, convolutions: bool = False) -> list[str]:
     channel, not grouped (a wav2vec2-family model's raw waveform, also AST's spectrogram
     patches), whose input one uint8 scale covers badly from silence to a shout, and the
     classification head, whose few narrow activations decide between close scores. Both are a
-    sliver of the compute. With `convolutions`, every convolution."""
+    sliver of the compute. With `convolutions`, every ungrouped convolution: a wav2vec2-family
+    feature encoder's, not its grouped positional one, which costs little agreement in int8
+    and much time in fp32."""
     weights = {init.name: init for init in graph.initializer}
     kept = []
     for node in graph.node:
         if node.op_type == "Conv" and node.input[1] in weights:
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if convolutions or (weights[node.input[1]].dims[1] == 1 and groups == 1):
+            if groups == 1 and (convolutions or weights[node.input[1]].dims[1] == 1):
                 kept.append(node.name)
         elif node.op_type in ("MatMul", "Gemm") and set(node.name.split("/")) & set(HEAD_MODULES):
             kept.append(node.name)
