@@ -192,6 +192,13 @@ def main() -> None:
         "that agrees on this share of the held-out calibration clips (default: static int8)",
     )
     parser.add_argument(
+        "--calibration-clips",
+        type=int,
+        default=200,
+        help="as `voxclass export --calibration-clips`: clips sampled from --calibrate, a "
+        "quarter of them held out for the export's check",
+    )
+    parser.add_argument(
         "--clips-from",
         type=Path,
         help="time and compare on up to --clips clips of this folder or manifest (an even "
@@ -230,6 +237,7 @@ def main() -> None:
             int8=True,
             calibrate=args.calibrate,
             min_agreement=args.min_agreement,
+            calibration_limit=args.calibration_clips,
         )
         onnx_rows.append((CALIBRATED_ROWS[static.form], work / "static"))
         print(
