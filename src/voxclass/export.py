@@ -293,8 +293,8 @@ def export(
         if (not int8 and diff > max_diff) or agreement < min_agreement:
             raise ModelError(
                 f"{model_dir}: the ONNX {form} export does not match torch (max logit diff "
-                f"{diff:.2e}, "
-                f"top-1 agreement {agreement:.1%} on {len(clips)} clips{check_note(report)}; "
+                f"{diff:.2e}, top-1 agreement {agreement:.1%} on {len(clips)} clips"
+                f"{check_note(report)}; "
                 f"limits {max_diff:g} fp32 / {min_agreement:.0%}); nothing written to {out}"
             )
         (tmp / "export.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
@@ -369,7 +369,7 @@ STATIC_SETTINGS: dict[str, Any] = {
 INT8_FORMS: dict[str, list[str]] = {
     "static int8": ["convolutions over one input channel (a raw waveform)", "classification head"],
     "static int8 with fp32 convolutions": [
-        "every ungrouped convolution (a feature encoder's)",
+        "every ungrouped convolution (a wav2vec2 feature encoder's)",
         "classification head",
     ],
     "dynamic int8": ["every convolution"],
