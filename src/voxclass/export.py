@@ -143,23 +143,35 @@ def top1_margins(scores: np.ndarray) -> np.ndarray:
     return best_two[:, -1] - best_two[:, 0]
 
 
-def _compare(
-    reference: Backend, onnx: Backend, clips: list[np.ndarray], rate: int, shortest: int
-) -> tuple[float, float, float | None]:
-    """Max abs logit difference and top-1 agreement, torch vs onnxruntime, on batches of
-    similar-length clips (both see the same padded inputs); and the largest torch top-1 margin
-    among the clips they answer differently (None: none)."""
+def _check_batches(
+    reference: Backend, clips: list[np.ndarray], rate: int, shortest: int
+) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    """The clips to check an export on, as batches of up to 4 similar-length clips' features
+    with torch's logits on them: computed once, however many forms are checked."""
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
-    diff, same, flipped = 0.0, 0, []
+    batches = []
     for start in range(0, len(order), 4):
         batch = order[start : start + 4]
         features = [extract_one(reference.extractor, clips[i], rate, shortest) for i in batch]
-        expected, got = reference.logits(features), onnx.logits(features)
+        batches.append((features, reference.logits(features)))
+    return batches
+
+
+def _compare(
+    batches: list[tuple[list[np.ndarray], np.ndarray]], onnx: Backend
+) -> tuple[float, float, float | None]:
+    """Max abs logit difference and top-1 agreement, torch vs onnxruntime, on `_check_batches`
+    (both see the same padded inputs); and the largest torch top-1 margin among the clips they
+    answer differently (None: none)."""
+    diff, same, checked, flipped = 0.0, 0, 0, []
+    for features, expected in batches:
+        got = onnx.logits(features)
         diff = max(diff, float(np.abs(expected - got).max()))
         agrees = expected.argmax(1) == got.argmax(1)
         same += int(agrees.sum())
+        checked += len(features)
         flipped.extend(top1_margins(expected)[~agrees].tolist())
-    return diff, same / len(clips), max(flipped, default=None)
+    return diff, same / checked, max(flipped, default=None)
 
 
 def calibration_clips(
@@ -262,6 +274,7 @@ def export(
             runner = OnnxBackend(fp32, model.config, extractor)
             feeds = [runner.feed([extract_one(extractor, c, rate, shortest)]) for c in calibration]
             del runner
+        batches = _check_batches(reference, clips, rate, shortest)
         tried: list[dict[str, Any]] = []
         for form, kept in forms.items():
             if form == "dynamic int8":
@@ -270,7 +283,7 @@ def export(
                 quantize_static_int8(fp32, graph, feeds, kept)
             # dynamic int8 sets its scales per run: one clip per run, as it will be loaded
             onnx = OnnxBackend(graph, model.config, extractor, per_clip=form == "dynamic int8")
-            diff, agreement, flipped_margin = _compare(reference, onnx, clips, rate, shortest)
+            diff, agreement, flipped_margin = _compare(batches, onnx)
             tried.append({"form": form, "agreement": agreement})
             if agreement >= min_agreement:
                 break
