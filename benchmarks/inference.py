@@ -49,8 +49,8 @@ from transformers import (
 from voxclass import Classifier
 from voxclass.audio import load_audio
 from voxclass.data import DataError
-from voxclass.export import calibration_clips, check_note, export, top1_margins
-from voxclass.model import build_model, label_maps
+from voxclass.export import ExportReport, calibration_clips, check_note, export, top1_margins
+from voxclass.model import ModelError, build_model, label_maps
 
 # The recordings live in shared/data/fsdd beside the checkout (a worktree sits one level deeper).
 FSDD = next(
@@ -127,6 +127,24 @@ def benchmark_clips(
             raise SystemExit(f"--clips-from {err}") from None
         return clips, f"clips of {clips_from}"
     return fsdd_clips(n, rate, speaker=speaker), f"FSDD {speaker or 'concatenation'} clips"
+
+
+def calibrated_export(
+    model_dir: Path, out: Path, calibrate: Path, min_agreement: float, limit: int
+) -> ExportReport:
+    """`voxclass export --int8 --calibrate` for the calibrated row; bad data, a bad option or no
+    form meeting the bar is a one-line exit with export's message, not a traceback."""
+    try:
+        return export(
+            model_dir,
+            out,
+            int8=True,
+            calibrate=calibrate,
+            min_agreement=min_agreement,
+            calibration_limit=limit,
+        )
+    except (DataError, ModelError) as err:
+        raise SystemExit(str(err)) from None
 
 
 def size_mb(path: Path, pattern: str) -> float:
@@ -231,13 +249,8 @@ def main() -> None:
     export(model_dir, work / "int8", int8=True, min_agreement=0.0)  # the table shows agreement
     onnx_rows = [("fp32", work / "fp32"), ("int8", work / "int8")]
     if args.calibrate:
-        static = export(
-            model_dir,
-            work / "static",
-            int8=True,
-            calibrate=args.calibrate,
-            min_agreement=args.min_agreement,
-            calibration_limit=args.calibration_clips,
+        static = calibrated_export(
+            model_dir, work / "static", args.calibrate, args.min_agreement, args.calibration_clips
         )
         onnx_rows.append((CALIBRATED_ROWS[static.form], work / "static"))
         print(

@@ -277,6 +277,17 @@ def check_whole_process(output: str) -> None:
     assert 0 <= agreement <= 100, output
 
 
+def test_inference_calibrated_export_errors_are_one_line_exits(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    from inference import calibrated_export
+
+    with pytest.raises(SystemExit, match=r"^--min-agreement 1.5: give a share from 0 to 1"):
+        calibrated_export(tmp_path / "model", tmp_path / "out", FSDD / "3", 1.5, 200)
+    with pytest.raises(SystemExit, match=r"^\S*nowhere: no such model directory"):
+        calibrated_export(tmp_path / "nowhere", tmp_path / "out", FSDD / "3", 0.99, 200)
+    assert not (tmp_path / "out").exists()
+
+
 QUICK_ARGS = {"inference.py": ["--calibrate", str(FSDD / "3"), "--min-agreement", "1.0"]}
 """More than --quick, for a benchmark whose quick run would miss a code path otherwise."""
 
