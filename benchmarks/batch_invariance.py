@@ -20,7 +20,12 @@ import tempfile
 
 import numpy as np
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
+from transformers import (
+    AutoFeatureExtractor,
+    AutoModelForAudioClassification,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+)
 
 from voxclass import Classifier
 from voxclass.model import build_model, label_maps
@@ -35,16 +40,18 @@ def base_model(path: str) -> None:
     Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
 
 
-def naive_probabilities(clf: Classifier, waves: list[np.ndarray]) -> np.ndarray:
-    """One padded forward over the whole list, as the feature extractor pads it."""
-    inputs = clf.extractor(
-        waves, sampling_rate=clf.sampling_rate, padding=True, return_tensors="pt"
-    )
+def naive_probabilities(path: str, waves: list[np.ndarray], rate: int) -> np.ndarray:
+    """One padded forward over the whole list, as the saved feature extractor pads it, through
+    the saved model loaded by transformers (so without what `Classifier` adds)."""
+    model = AutoModelForAudioClassification.from_pretrained(path).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(path)
+    inputs = extractor(waves, sampling_rate=rate, padding=True, return_tensors="pt")
     with torch.inference_mode():
-        return clf.model(**inputs).logits.softmax(-1).numpy()
+        return model(**inputs).logits.softmax(-1).numpy()
 
 
-def measure(clf: Classifier, sizes: tuple[int, ...] = (8, 32)) -> dict[str, float]:
+def measure(path: str, sizes: tuple[int, ...] = (8, 32)) -> dict[str, float]:
+    clf = Classifier.load(path)
     rng = np.random.default_rng(0)
     rate = clf.sampling_rate
     clip = rng.standard_normal(rate).astype(np.float32) * 0.1
@@ -57,7 +64,7 @@ def measure(clf: Classifier, sizes: tuple[int, ...] = (8, 32)) -> dict[str, floa
     for size in sizes:
         batch = [clip, *others[: size - 1]]
         ours = clf.probabilities(batch, batch_size=size)[0]
-        naive = naive_probabilities(clf, batch)[0]
+        naive = naive_probabilities(path, batch, rate)[0]
         row["voxclass"] = max(row["voxclass"], float(np.abs(ours - alone).max()))
         row["naive"] = max(row["naive"], float(np.abs(naive - alone).max()))
         row["top1_same"] &= bool(ours.argmax() == alone.argmax())
@@ -88,7 +95,7 @@ def main() -> None:
                 model, extractor = build_model(name, LABELS)
                 model.save_pretrained(tmp)
                 extractor.save_pretrained(tmp)
-            row = measure(Classifier.load(tmp), sizes)
+            row = measure(tmp, sizes)
         print(f"| {title} | {row['voxclass']:.1e} | {row['naive']:.1e} | {row['top1_same']} |")
 
 

@@ -74,6 +74,34 @@ def test_preset_export_matches_torch_on_real_and_synthetic_clips(preset, fsdd, t
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_a_wav2vec2_export_batches_clips_of_any_length_as_each_scores_alone(tmp_path):
+    # wav2vec2-base style (group norm, saved without masks): the graph takes a mask and
+    # normalizes each clip over its own frames, so Classifier batches clips of any lengths.
+    src = save_preset("tiny-wav2vec2", tmp_path / "model")
+    export(src, tmp_path / "onnx")
+    saved = json.loads((tmp_path / "onnx" / "preprocessor_config.json").read_text())
+    assert saved["return_attention_mask"] is True
+    assert not json.loads((src / "preprocessor_config.json").read_text())["return_attention_mask"]
+    clf = Classifier.load(tmp_path / "onnx")
+    assert clf.masked
+    assert [i.name for i in clf.runtime.session.get_inputs()] == ["input_values", "attention_mask"]
+
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    plain = AutoModelForAudioClassification.from_pretrained(src).eval()  # not given masks
+    extractor = AutoFeatureExtractor.from_pretrained(src)
+    rng = np.random.default_rng(5)
+    waves = [0.1 * rng.standard_normal(int(s * 16000)).astype(np.float32)
+             for s in (0.4, 2.2, 1.0, 3.1)]  # fmt: skip
+    features = [extract_one(extractor, w, 16000) for w in waves]
+    with torch.inference_mode():
+        alone = [plain(**pad_batch(extractor, [f])).logits.numpy() for f in features]
+        padded = plain(**pad_batch(extractor, features)).logits.numpy()
+    alone = np.concatenate(alone)
+    np.testing.assert_allclose(clf.runtime.logits(features), alone, rtol=0, atol=1e-4)
+    assert np.abs(padded - alone).max() > 1e-3  # what a padded batch without the mask gives
+
+
 def test_int8_export_of_a_trained_model_keeps_its_predictions(trained_tone_model, tmp_path):
     report = export(trained_tone_model, tmp_path / "int8", int8=True)
     assert report.int8  # its agreement figure is checked below, against onnxruntime run here

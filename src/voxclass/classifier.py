@@ -3,8 +3,9 @@ Python API all go through `Classifier`.
 
 Batching never changes a clip's scores. Clips are batched with clips of similar length and
 padded only within the batch; models whose feature extractor gives an attention mask see the
-padding masked out. Models without a mask (wav2vec2-base style, group-norm feature encoder)
-would be changed by padding, so for them only clips of equal length share a batch.
+padding masked out. wav2vec2 models saved without one (wav2vec2-base style) are given one when
+loaded (`exact_batches`). Other models without a mask would be changed by padding, so for them
+only clips of equal length share a batch.
 """
 
 from __future__ import annotations

@@ -40,11 +40,16 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """A transformers audio-classification model on a torch device."""
+    """A transformers audio-classification model on a torch device. A wav2vec2 model saved
+    without attention masks is given them (`exact_batches.mask_padding`, which changes `model`
+    and `extractor` in place), so clips of any lengths share its batches."""
 
     name = "torch"
 
     def __init__(self, model: Any, extractor: Any):
+        from .exact_batches import mask_padding
+
+        mask_padding(model, extractor)
         self.model = model
         self.config = model.config
         self.extractor = extractor
