@@ -80,10 +80,10 @@ def main() -> None:
     families = {
         "tiny (Wav2Vec2-BERT, mask)": "tiny",
         "small (Wav2Vec2-BERT, mask)": "small",
-        "tiny-wav2vec2 (group norm, no mask)": "tiny-wav2vec2",
+        "tiny-wav2vec2 (group norm, saved without a mask)": "tiny-wav2vec2",
     }
     if args.with_base:
-        families["wav2vec2-base config (group norm, no mask)"] = "base"
+        families["wav2vec2-base config (group norm, saved without a mask)"] = "base"
     print("| model family | max prob diff, voxclass | max prob diff, naive padding | top-1 same |")
     print("|---|---|---|---|")
     for title, name in families.items():
