@@ -125,7 +125,10 @@ def trained_tone_model(tmp_path_factory) -> Path:
 
 def write_local_wav2vec2(path: Path) -> Path:
     """A tiny raw-waveform wav2vec2 classifier saved like a pretrained Hub checkpoint
-    (stands in for facebook/wav2vec2-base: group-norm, extractor without attention mask)."""
+    (stands in for facebook/wav2vec2-base: group-norm, extractor without attention mask).
+    Its two convolutions leave 1,600 frames a second (wav2vec2's seven: 50), so its attention
+    over a 9 s clip is 14,400 frames square (a test exporting it on those clips peaked at 24
+    GB): give its exports short clips, not the default validation clips of up to 9 s."""
     from transformers import (
         Wav2Vec2Config,
         Wav2Vec2FeatureExtractor,

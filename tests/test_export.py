@@ -334,7 +334,7 @@ def test_static_int8_with_fp32_convolutions_quantizes_only_the_matmuls(tmp_path)
     torch.manual_seed(0)
     write_local_wav2vec2(tmp_path / "w2v")
     clf = Classifier.load(tmp_path / "w2v")
-    export(tmp_path / "w2v", tmp_path / "fp32")
+    export(tmp_path / "w2v", tmp_path / "fp32", clips=validation_clips(16000, 2.0))
     fp32 = tmp_path / "fp32" / "model.onnx"
     forms = int8_forms(fp32, calibrated=True)
     assert list(forms) == list(INT8_FORMS) and forms["dynamic int8"] is None
