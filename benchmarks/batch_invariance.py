@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,11 +41,11 @@ def base_model(path: str) -> None:
     Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
 
 
-def naive_probabilities(path: str, waves: list[np.ndarray], rate: int) -> np.ndarray:
+def naive_probabilities(
+    model: Any, extractor: Any, waves: list[np.ndarray], rate: int
+) -> np.ndarray:
     """One padded forward over the whole list, as the saved feature extractor pads it, through
-    the saved model loaded by transformers (so without what `Classifier` adds)."""
-    model = AutoModelForAudioClassification.from_pretrained(path).eval()
-    extractor = AutoFeatureExtractor.from_pretrained(path)
+    the saved model as transformers loads it (so without what `Classifier` adds)."""
     inputs = extractor(waves, sampling_rate=rate, padding=True, return_tensors="pt")
     with torch.inference_mode():
         return model(**inputs).logits.softmax(-1).numpy()
@@ -60,11 +61,13 @@ def measure(path: str, sizes: tuple[int, ...] = (8, 32)) -> dict[str, float]:
         for _ in range(max(sizes) - 1)
     ]
     alone = clf.probabilities([clip])[0]
+    plain = AutoModelForAudioClassification.from_pretrained(path).eval()
+    plain_extractor = AutoFeatureExtractor.from_pretrained(path)
     row = {"voxclass": 0.0, "naive": 0.0, "top1_same": True}
     for size in sizes:
         batch = [clip, *others[: size - 1]]
         ours = clf.probabilities(batch, batch_size=size)[0]
-        naive = naive_probabilities(path, batch, rate)[0]
+        naive = naive_probabilities(plain, plain_extractor, batch, rate)[0]
         row["voxclass"] = max(row["voxclass"], float(np.abs(ours - alone).max()))
         row["naive"] = max(row["naive"], float(np.abs(naive - alone).max()))
         row["top1_same"] &= bool(ours.argmax() == alone.argmax())
